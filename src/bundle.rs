@@ -1,0 +1,180 @@
+//! A model bundle: a directory holding `bundle.toml`, two tower ONNX files and a tokenizer.
+//!
+//! This module reads and verifies a bundle (every file's sha256 against the manifest) and
+//! knows nothing of tract: [`crate::encoder`] turns a verified [`Bundle`] into runnable plans.
+//! The format is documented field by field in `models/README.md`.
+
+use crate::error::{Context, Error, Result};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The only manifest format this build reads.
+pub const FORMAT: u32 = 1;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: u32,
+    pub name: String,
+    pub dim: usize,
+    #[serde(default)]
+    pub description: String,
+    pub image: ImageTower,
+    pub text: TextTower,
+    /// Free-form tables (how the bundle was made); kept, not interpreted.
+    #[serde(default)]
+    pub bridge: Option<toml::Table>,
+    #[serde(default)]
+    pub provenance: Option<toml::Table>,
+    /// file name (relative to the bundle) -> lowercase hex sha256
+    pub sha256: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageTower {
+    pub file: String,
+    pub input: String,
+    pub output: String,
+    /// C, H, W of one image.
+    pub shape: [usize; 3],
+    pub channel_order: ChannelOrder,
+    /// Short side after resizing.
+    pub resize: u32,
+    /// Side of the centre crop.
+    pub crop: u32,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    pub background: [u8; 3],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelOrder {
+    Rgb,
+    Bgr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextTower {
+    pub file: String,
+    pub tokenizer: String,
+    pub input_ids: String,
+    pub attention_mask: String,
+    pub output: String,
+    pub max_tokens: usize,
+    #[serde(default)]
+    pub lowercase: bool,
+    /// Prepended to every query (E5-style models want `"query: "`).
+    #[serde(default)]
+    pub prefix: String,
+}
+
+/// A bundle whose manifest parsed, whose fields make sense and whose files match their hashes.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    /// sha256 of `bundle.toml` itself: it names every file's hash, so it identifies the
+    /// whole bundle. The index stores it to refuse mixing embeddings of two models.
+    pub id: [u8; 32],
+}
+
+impl Bundle {
+    /// Read `DIR/bundle.toml`, check it and the sha256 of every file it lists.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Bundle> {
+        let dir = dir.as_ref().to_path_buf();
+        let manifest_path = dir.join("bundle.toml");
+        let text = std::fs::read(&manifest_path).context(format_args!(
+            "cannot read {} (is {} a model bundle? models/README.md says what one holds)",
+            manifest_path.display(),
+            dir.display()
+        ))?;
+        let id: [u8; 32] = Sha256::digest(&text).into();
+        let text = String::from_utf8(text)
+            .map_err(|_| Error::new(format!("{}: not UTF-8", manifest_path.display())))?;
+        let manifest: Manifest =
+            toml::from_str(&text).context(format_args!("{}", manifest_path.display()))?;
+        manifest.validate().context(format_args!("{}", manifest_path.display()))?;
+        for (file, want) in &manifest.sha256 {
+            let path = dir.join(file);
+            let got = sha256_file(&path)?;
+            if !got.eq_ignore_ascii_case(want) {
+                return Err(Error::new(format!(
+                    "{}: sha256 mismatch (manifest {want}, file {got}); the file is corrupt or \
+                     was replaced: restore it or rebuild the bundle (models/convert/build.sh)",
+                    path.display()
+                )));
+            }
+        }
+        Ok(Bundle { dir, manifest, id })
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.join(file)
+    }
+
+    pub fn id_hex(&self) -> String {
+        hex(&self.id)
+    }
+}
+
+impl Manifest {
+    fn validate(&self) -> Result<()> {
+        if self.format != FORMAT {
+            crate::bail!("bundle format {} is not supported (this build reads {FORMAT})", self.format);
+        }
+        if self.dim == 0 || self.dim > 4096 {
+            crate::bail!("dim = {} is out of range 1..=4096", self.dim);
+        }
+        let i = &self.image;
+        if i.shape[0] != 3 || i.shape[1] != i.crop as usize || i.shape[2] != i.crop as usize {
+            crate::bail!("image.shape {:?} must be [3, crop, crop] with crop = {}", i.shape, i.crop);
+        }
+        if i.crop == 0 || i.resize < i.crop || i.resize > 4096 {
+            crate::bail!("image.resize ({}) must be >= image.crop ({}) > 0", i.resize, i.crop);
+        }
+        if i.std.iter().any(|s| !s.is_finite() || *s == 0.0) || i.mean.iter().any(|m| !m.is_finite()) {
+            crate::bail!("image.mean and image.std must be finite and std non-zero");
+        }
+        if self.text.max_tokens < 2 || self.text.max_tokens > 4096 {
+            crate::bail!("text.max_tokens = {} is out of range 2..=4096", self.text.max_tokens);
+        }
+        for f in [&self.image.file, &self.text.file, &self.text.tokenizer] {
+            if !self.sha256.contains_key(f) {
+                crate::bail!("[sha256] has no entry for {f}: every file of the bundle needs one");
+            }
+        }
+        for f in self.sha256.keys() {
+            if f.contains("..") || f.starts_with('/') {
+                crate::bail!("[sha256] names {f:?}, which is outside the bundle directory");
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn sha256_file(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).context(format_args!(
+        "cannot open {} (named in bundle.toml): restore it or rebuild the bundle",
+        path.display()
+    ))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf).context(format_args!("reading {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,212 @@
+//! The two towers as tract plans: `embed_image` and `embed_text` return L2-normalized f32
+//! embeddings of the bundle's dimension.
+//!
+//! Model (the ONNX file) → plan (optimized for fixed input shapes, built once at load) →
+//! state (per call). Image plans exist for batch 1 and, built on first use, for
+//! [`IMAGE_BATCH`] images at once (the ingest path); the text plan keeps the sequence length
+//! symbolic so a 3-token query does not pay for 128.
+
+pub mod preprocess;
+
+use crate::bundle::Bundle;
+use crate::error::{Context, Error, Result};
+use image::DynamicImage;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+use tokenizers::Tokenizer;
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::dims;
+
+/// Batch size of the batched image plan.
+pub const IMAGE_BATCH: usize = 4;
+
+type Plan = Arc<TypedRunnableModel>;
+
+pub struct Encoder {
+    bundle: Bundle,
+    image_model: TypedModel,
+    image_one: Plan,
+    image_batch: OnceLock<Plan>,
+    text: Plan,
+    tokenizer: Tokenizer,
+    /// Wall time of [`Encoder::load`]: both towers parsed, optimized and ready.
+    pub load_time: Duration,
+}
+
+fn onnx_model(path: &std::path::Path) -> Result<InferenceModel> {
+    tract_onnx::onnx()
+        .with_ignore_value_info(true)
+        .model_for_path(path)
+        .map_err(|e| Error::new(format!("{}: not a loadable ONNX model: {e:#}", path.display())))
+}
+
+fn image_plan(model: &TypedModel, batch: usize) -> Result<Plan> {
+    let sym = model.symbols.sym("N");
+    let concrete = model
+        .set_symbols(&[(sym, TDim::Val(batch as i64))].into_iter().collect())
+        .map_err(|e| Error::new(format!("image tower at batch {batch}: {e:#}")))?;
+    concrete
+        .into_optimized()
+        .and_then(|m| m.into_runnable())
+        .map_err(|e| Error::new(format!("image tower at batch {batch}: {e:#}")))
+}
+
+impl Encoder {
+    pub fn load(bundle: &Bundle) -> Result<Encoder> {
+        let t0 = Instant::now();
+        let m = &bundle.manifest;
+        let [c, h, w] = m.image.shape;
+        let image_path = bundle.path(&m.image.file);
+        let image_model = onnx_model(&image_path)?
+            .with_input_names([m.image.input.as_str()])
+            .and_then(|x| x.with_outputs_by_name([m.image.output.as_str()]))
+            .and_then(|x| {
+                let n = x.sym("N");
+                x.with_input_fact(0, f32::fact(dims!(n, c, h, w)).into())
+            })
+            .and_then(|x| x.into_typed())
+            .map_err(|e| Error::new(format!("{}: {e:#}", image_path.display())))?;
+        let image_one = image_plan(&image_model, 1)?;
+
+        let text_path = bundle.path(&m.text.file);
+        let text = onnx_model(&text_path)?
+            .with_input_names([m.text.input_ids.as_str(), m.text.attention_mask.as_str()])
+            .and_then(|x| x.with_outputs_by_name([m.text.output.as_str()]))
+            .and_then(|x| {
+                let s = x.sym("S");
+                x.with_input_fact(0, i64::fact(dims!(1, s.clone())).into())?
+                    .with_input_fact(1, i64::fact(dims!(1, s)).into())
+            })
+            .and_then(|x| x.into_optimized())
+            .and_then(|x| x.into_runnable())
+            .map_err(|e| Error::new(format!("{}: {e:#}", text_path.display())))?;
+
+        let tok_path = bundle.path(&m.text.tokenizer);
+        let mut tokenizer = Tokenizer::from_file(&tok_path)
+            .map_err(|e| Error::new(format!("{}: not a tokenizer.json: {e}", tok_path.display())))?;
+        tokenizer.with_padding(None);
+        tokenizer
+            .with_truncation(Some(tokenizers::TruncationParams {
+                max_length: m.text.max_tokens,
+                ..Default::default()
+            }))
+            .map_err(|e| Error::new(format!("{}: {e}", tok_path.display())))?;
+        Ok(Encoder {
+            bundle: bundle.clone(),
+            image_model,
+            image_one,
+            image_batch: OnceLock::new(),
+            text,
+            tokenizer,
+            load_time: t0.elapsed(),
+        })
+    }
+
+    pub fn bundle(&self) -> &Bundle {
+        &self.bundle
+    }
+
+    pub fn dim(&self) -> usize {
+        self.bundle.manifest.dim
+    }
+
+    /// The network input of one image (CHW f32), as the Python reference computes it.
+    pub fn preprocess(&self, img: &DynamicImage) -> Vec<f32> {
+        preprocess::preprocess(img, &self.bundle.manifest.image)
+    }
+
+    pub fn embed_image(&self, img: &DynamicImage) -> Result<Vec<f32>> {
+        let mut v = self.run_images(&self.image_one, &[self.preprocess(img)])?;
+        Ok(v.remove(0))
+    }
+
+    /// Embeds many images, [`IMAGE_BATCH`] per run where possible.
+    pub fn embed_images(&self, imgs: &[DynamicImage]) -> Result<Vec<Vec<f32>>> {
+        let mut out = Vec::with_capacity(imgs.len());
+        for chunk in imgs.chunks(IMAGE_BATCH) {
+            let inputs: Vec<Vec<f32>> = chunk.iter().map(|i| self.preprocess(i)).collect();
+            if chunk.len() == IMAGE_BATCH {
+                let plan = match self.image_batch.get() {
+                    Some(p) => p,
+                    None => {
+                        let p = image_plan(&self.image_model, IMAGE_BATCH)?;
+                        self.image_batch.get_or_init(|| p)
+                    }
+                };
+                out.extend(self.run_images(plan, &inputs)?);
+            } else {
+                for x in inputs {
+                    out.extend(self.run_images(&self.image_one, &[x])?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn run_images(&self, plan: &Plan, inputs: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
+        let [c, h, w] = self.bundle.manifest.image.shape;
+        let flat: Vec<f32> = inputs.concat();
+        let t = Tensor::from_shape(&[inputs.len(), c, h, w], &flat)
+            .map_err(|e| Error::new(format!("image tensor: {e:#}")))?;
+        let out = plan
+            .run(tvec![t.into_tvalue()])
+            .map_err(|e| Error::new(format!("image tower failed: {e:#}")))?;
+        self.rows(&out[0], inputs.len())
+    }
+
+    /// Token ids of `text` as the bundle's tokenizer makes them (prefix added, truncated).
+    pub fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
+        let m = &self.bundle.manifest.text;
+        let mut s = format!("{}{}", m.prefix, text);
+        if m.lowercase {
+            s = s.to_lowercase();
+        }
+        let enc = self
+            .tokenizer
+            .encode(s, true)
+            .map_err(|e| Error::new(format!("tokenizing {text:?}: {e}")))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    pub fn embed_text(&self, text: &str) -> Result<Vec<f32>> {
+        let ids: Vec<i64> = self.tokenize(text)?.into_iter().map(i64::from).collect();
+        let n = ids.len();
+        let ids = Tensor::from_shape(&[1, n], &ids).context("token tensor")?;
+        let mask = Tensor::from_shape(&[1, n], &vec![1i64; n]).context("mask tensor")?;
+        let out = self
+            .text
+            .run(tvec![ids.into_tvalue(), mask.into_tvalue()])
+            .map_err(|e| Error::new(format!("text tower failed: {e:#}")))?;
+        Ok(self.rows(&out[0], 1)?.remove(0))
+    }
+
+    fn rows(&self, t: &TValue, n: usize) -> Result<Vec<Vec<f32>>> {
+        let dim = self.dim();
+        let view = t
+            .to_plain_array_view::<f32>()
+            .map_err(|e| Error::new(format!("tower output is not f32: {e:#}")))?;
+        if view.len() != n * dim {
+            crate::bail!(
+                "tower output has {} values, expected {n} x {dim}: does bundle.toml's dim match the model?",
+                view.len()
+            );
+        }
+        let flat: Vec<f32> = view.iter().copied().collect();
+        let rows: Vec<Vec<f32>> = flat.chunks(dim).map(|r| r.to_vec()).collect();
+        for r in &rows {
+            let norm: f32 = r.iter().map(|x| x * x).sum::<f32>().sqrt();
+            if !norm.is_finite() || (norm - 1.0).abs() > 1e-2 {
+                crate::bail!("tower output is not an L2-normalized embedding (norm {norm})");
+            }
+        }
+        Ok(rows)
+    }
+}
+
+/// Cosine similarity of two vectors (1.0 for identical directions).
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (na * nb).max(1e-12)
+}
