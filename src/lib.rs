@@ -15,10 +15,14 @@
 //! - [`encoder`]: preprocessing, tokenization and the two tract plans; `embed_image`,
 //!   `embed_text`.
 //! - [`error`]: one error type whose messages say what to do.
-#![forbid(unsafe_op_in_unsafe_fn)]
+#![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod bundle;
+pub mod cli;
 pub mod encoder;
 pub mod error;
+#[cfg(feature = "host")]
+pub mod host;
+pub mod index;
 
 pub use error::{Error, Result};

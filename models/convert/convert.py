@@ -240,6 +240,9 @@ def main(wheels, pairs_dir):
     toks = SENTENCES + ["Ünïcödé naïve café", "🐇🌕 emoji", "   spaces   ", "UPPER lower 123-456"]
     json.dump([{"text": s, "ids": tok.encode(s).ids[:sum(tok.encode(s).attention_mask)]} for s in toks],
               open(os.path.join(fx, "token_ids.json"), "w"), ensure_ascii=False)
+    for name in ("rabbit", "pizza"):
+        x = imgprep.preprocess(imgprep.load_rgb(os.path.join(MODELS, "samples", name + ".png")))
+        x.astype("<f4").tofile(os.path.join(fx, f"preprocess_{name}.f32"))
     print(f"done in {time.time() - t0:.0f} s")
 
 

@@ -1,0 +1,62 @@
+//! Minimal command-line parsing shared by the two binaries: `--name value` options, `--flag`
+//! switches and positionals, with errors that name the bad argument.
+
+use crate::error::{Error, Result};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Default)]
+pub struct Args {
+    pub positional: Vec<String>,
+    options: BTreeMap<String, String>,
+    flags: Vec<String>,
+}
+
+impl Args {
+    /// `switches` lists the options that take no value.
+    pub fn parse(args: impl IntoIterator<Item = String>, switches: &[&str]) -> Result<Args> {
+        let mut out = Args::default();
+        let mut it = args.into_iter();
+        while let Some(a) = it.next() {
+            if let Some(name) = a.strip_prefix("--") {
+                if switches.contains(&name) {
+                    out.flags.push(name.to_string());
+                } else {
+                    let v = it.next().ok_or_else(|| Error::new(format!("--{name} needs a value")))?;
+                    out.options.insert(name.to_string(), v);
+                }
+            } else {
+                out.positional.push(a);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.options.get(name).map(String::as_str)
+    }
+
+    pub fn require(&self, name: &str) -> Result<&str> {
+        self.get(name).ok_or_else(|| Error::new(format!("missing --{name}")))
+    }
+
+    pub fn flag(&self, name: &str) -> bool {
+        self.flags.iter().any(|f| f == name)
+    }
+
+    pub fn number<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|_| Error::new(format!("--{name} {v:?} is not a valid number"))),
+        }
+    }
+
+    /// Fails on any option not in `known` (typos should not pass silently).
+    pub fn only(&self, known: &[&str]) -> Result<()> {
+        for k in self.options.keys().chain(self.flags.iter()) {
+            if !known.contains(&k.as_str()) {
+                return Err(Error::new(format!("unknown option --{k}")));
+            }
+        }
+        Ok(())
+    }
+}

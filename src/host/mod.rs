@@ -1,0 +1,6 @@
+//! Workstation-only work (feature `host`): evaluation, benchmarks, pairs files, progress.
+
+pub mod bench;
+pub mod eval;
+pub mod pairs;
+pub mod progress;

@@ -1,0 +1,60 @@
+//! Image/caption pairs files: one JSON object a line, `{"image": "<path relative to the
+//! file>", "text": "<caption>"}`. Used by `eval` and `train`.
+
+use crate::error::{Context, Error, Result};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pair {
+    pub image: PathBuf,
+    pub text: String,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Line {
+    image: String,
+    text: String,
+}
+
+pub fn read(path: &Path) -> Result<Vec<Pair>> {
+    let body = std::fs::read_to_string(path).context(format_args!("cannot read pairs file {}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut out = Vec::new();
+    for (i, line) in body.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let l: Line = serde_json::from_str(line).map_err(|e| {
+            Error::new(format!(
+                "{}:{}: {e}; each line must be {{\"image\": \"<path>\", \"text\": \"<caption>\"}}",
+                path.display(),
+                i + 1
+            ))
+        })?;
+        if l.text.trim().is_empty() {
+            crate::bail!("{}:{}: empty caption", path.display(), i + 1);
+        }
+        out.push(Pair { image: base.join(l.image), text: l.text });
+    }
+    if out.is_empty() {
+        crate::bail!("{}: no pairs (the file is empty)", path.display());
+    }
+    Ok(out)
+}
+
+/// The distinct images in first-seen order and, for each pair, its image's gallery index.
+pub fn gallery(pairs: &[Pair]) -> (Vec<PathBuf>, Vec<usize>) {
+    let mut images: Vec<PathBuf> = Vec::new();
+    let mut index = std::collections::HashMap::new();
+    let truth = pairs
+        .iter()
+        .map(|p| {
+            *index.entry(p.image.clone()).or_insert_with(|| {
+                images.push(p.image.clone());
+                images.len() - 1
+            })
+        })
+        .collect();
+    (images, truth)
+}

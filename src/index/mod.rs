@@ -1,0 +1,490 @@
+//! The ring index: a fixed-capacity, memory-mapped ring of int8 embeddings with their
+//! metadata, plus a parallel ring of JPEG thumbnails. The byte layout, the commit protocol
+//! and the recovery rules are in `FORMAT.md` beside this file.
+//!
+//! One writer, many readers, in one process: the maps sit behind an `RwLock`; a search holds
+//! the read lock for one scan, an append holds the write lock for one slot copy. Every slot
+//! carries a CRC, so a torn write (crash, power loss) is detected on open and the slot is
+//! treated as empty and reported, never returned.
+
+pub mod search;
+
+use crate::error::{Context, Error, Result};
+use memmap2::{MmapMut, MmapOptions};
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
+pub const MAGIC: &[u8; 8] = b"MLINDEX\0";
+pub const VERSION: u32 = 1;
+pub const HEADER_SIZE: usize = 4096;
+/// Fixed part of a slot before the embedding.
+pub const SLOT_FIXED: usize = 104;
+pub const SOURCE_MAX: usize = 16;
+pub const LABEL_MAX: usize = 56;
+/// Thumbnails live in fixed slots of this many bytes (a 160 px JPEG is 4-10 KiB).
+pub const THUMB_SLOT: usize = 16 * 1024;
+
+/// Bytes of one slot for embeddings of `dim` values (8-byte aligned).
+pub fn slot_size(dim: usize) -> usize {
+    (SLOT_FIXED + dim + 4).div_ceil(8) * 8
+}
+
+pub fn crc32(data: &[u8]) -> u32 {
+    // CRC-32/ISO-HDLC, bitwise-by-table; the table is built once.
+    static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
+    let t = TABLE.get_or_init(|| {
+        let mut t = [0u32; 256];
+        for (i, e) in t.iter_mut().enumerate() {
+            let mut c = i as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            }
+            *e = c;
+        }
+        t
+    });
+    !data.iter().fold(!0u32, |c, &b| t[((c ^ b as u32) & 0xFF) as usize] ^ (c >> 8))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub dim: u32,
+    pub capacity: u64,
+    pub slot_size: u32,
+    pub thumb_slot: u32,
+    pub bundle_id: [u8; 32],
+    pub created_ms: i64,
+}
+
+impl Header {
+    pub fn encode(&self) -> [u8; HEADER_SIZE] {
+        let mut b = [0u8; HEADER_SIZE];
+        b[0..8].copy_from_slice(MAGIC);
+        b[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        b[12..16].copy_from_slice(&self.dim.to_le_bytes());
+        b[16..24].copy_from_slice(&self.capacity.to_le_bytes());
+        b[24..28].copy_from_slice(&self.slot_size.to_le_bytes());
+        b[28..32].copy_from_slice(&self.thumb_slot.to_le_bytes());
+        b[32..64].copy_from_slice(&self.bundle_id);
+        b[64..72].copy_from_slice(&self.created_ms.to_le_bytes());
+        let crc = crc32(&b[0..72]);
+        b[72..76].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Header> {
+        if b.len() < HEADER_SIZE {
+            crate::bail!("file is {} bytes, shorter than the {HEADER_SIZE}-byte header: not an index or truncated", b.len());
+        }
+        if &b[0..8] != MAGIC {
+            crate::bail!("bad magic: this file is not a moonlens index");
+        }
+        let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().expect("4 bytes"));
+        let version = u32_at(8);
+        if version != VERSION {
+            crate::bail!("index format version {version}, this build reads {VERSION}: re-index (delete the index directory)");
+        }
+        if u32_at(72) != crc32(&b[0..72]) {
+            crate::bail!("header checksum mismatch: the header is corrupt; move the index away and re-index");
+        }
+        let h = Header {
+            dim: u32_at(12),
+            capacity: u64::from_le_bytes(b[16..24].try_into().expect("8 bytes")),
+            slot_size: u32_at(24),
+            thumb_slot: u32_at(28),
+            bundle_id: b[32..64].try_into().expect("32 bytes"),
+            created_ms: i64::from_le_bytes(b[64..72].try_into().expect("8 bytes")),
+        };
+        if h.dim == 0 || h.dim > 4096 || h.slot_size as usize != slot_size(h.dim as usize) || h.capacity == 0 {
+            crate::bail!("header fields are inconsistent (dim {}, slot size {}, capacity {})", h.dim, h.slot_size, h.capacity);
+        }
+        Ok(h)
+    }
+}
+
+/// One stored frame, as appended and as returned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub seq: u64,
+    pub ts_ms: i64,
+    pub source: String,
+    pub label: String,
+    pub scale: f32,
+    pub embedding: Vec<i8>,
+}
+
+impl Entry {
+    pub fn dequantized(&self) -> Vec<f32> {
+        self.embedding.iter().map(|&v| v as f32 * self.scale).collect()
+    }
+}
+
+/// Symmetric int8 with one scale per vector: `x ≈ q * scale`.
+pub fn quantize(x: &[f32]) -> (Vec<i8>, f32) {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let scale = if amax > 0.0 { amax / 127.0 } else { 1.0 };
+    (x.iter().map(|v| (v / scale).round().clamp(-127.0, 127.0) as i8).collect(), scale)
+}
+
+fn put_str(dst: &mut [u8], s: &str) -> u8 {
+    // cut at a char boundary so the stored bytes stay valid UTF-8
+    let mut n = s.len().min(dst.len());
+    while !s.is_char_boundary(n) {
+        n -= 1;
+    }
+    dst[..n].copy_from_slice(&s.as_bytes()[..n]);
+    n as u8
+}
+
+pub fn encode_slot(e: &Entry, thumb_len: u32, thumb_crc: u32, out: &mut [u8]) {
+    let dim = e.embedding.len();
+    out.fill(0);
+    out[0..8].copy_from_slice(&e.seq.to_le_bytes());
+    out[8..16].copy_from_slice(&e.ts_ms.to_le_bytes());
+    out[16..20].copy_from_slice(&e.scale.to_le_bytes());
+    out[20..24].copy_from_slice(&thumb_len.to_le_bytes());
+    out[24..28].copy_from_slice(&thumb_crc.to_le_bytes());
+    out[28] = put_str(&mut out[32..32 + SOURCE_MAX], &e.source);
+    out[29] = put_str(&mut out[48..48 + LABEL_MAX], &e.label);
+    for (d, &v) in out[SLOT_FIXED..SLOT_FIXED + dim].iter_mut().zip(&e.embedding) {
+        *d = v as u8;
+    }
+    let crc = crc32(&out[..SLOT_FIXED + dim]);
+    out[SLOT_FIXED + dim..SLOT_FIXED + dim + 4].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// What a slot holds: nothing yet, a valid entry, or bytes that fail their checksum.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Slot {
+    Empty,
+    Valid { entry: Entry, thumb_len: u32, thumb_crc: u32 },
+    Corrupt(String),
+}
+
+pub fn decode_slot(b: &[u8], dim: usize) -> Slot {
+    if b.iter().all(|&x| x == 0) {
+        return Slot::Empty;
+    }
+    let crc = u32::from_le_bytes(b[SLOT_FIXED + dim..SLOT_FIXED + dim + 4].try_into().expect("4 bytes"));
+    if crc != crc32(&b[..SLOT_FIXED + dim]) {
+        return Slot::Corrupt("slot checksum mismatch".into());
+    }
+    let seq = u64::from_le_bytes(b[0..8].try_into().expect("8"));
+    let scale = f32::from_le_bytes(b[16..20].try_into().expect("4"));
+    let (sl, ll) = (b[28] as usize, b[29] as usize);
+    if seq == 0 || sl > SOURCE_MAX || ll > LABEL_MAX || !scale.is_finite() {
+        return Slot::Corrupt("slot fields out of range".into());
+    }
+    let (Ok(source), Ok(label)) = (std::str::from_utf8(&b[32..32 + sl]), std::str::from_utf8(&b[48..48 + ll])) else {
+        return Slot::Corrupt("slot strings are not UTF-8".into());
+    };
+    Slot::Valid {
+        entry: Entry {
+            seq,
+            ts_ms: i64::from_le_bytes(b[8..16].try_into().expect("8")),
+            source: source.to_string(),
+            label: label.to_string(),
+            scale,
+            embedding: b[SLOT_FIXED..SLOT_FIXED + dim].iter().map(|&v| v as i8).collect(),
+        },
+        thumb_len: u32::from_le_bytes(b[20..24].try_into().expect("4")),
+        thumb_crc: u32::from_le_bytes(b[24..28].try_into().expect("4")),
+    }
+}
+
+/// Result of checking every slot (`moonlensd verify`, and every open).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Report {
+    pub entries: u64,
+    pub corrupt: u64,
+    pub capacity: u64,
+    /// Slot numbers that failed their checks (first 100).
+    pub corrupt_slots: Vec<u64>,
+    /// Valid entries whose thumbnail fails its checksum (a crash between the two writes of
+    /// an append can leave the entry about to be overwritten without its thumbnail).
+    pub bad_thumbs: u64,
+}
+
+struct Maps {
+    index: MmapMut,
+    thumbs: MmapMut,
+    /// Sequence number of the newest valid entry (0 when empty).
+    head: u64,
+    live: u64,
+}
+
+pub struct Index {
+    dir: PathBuf,
+    header: Header,
+    maps: RwLock<Maps>,
+    /// flush to the media before `append` returns (off only in benchmarks)
+    durable: bool,
+    opened_report: Report,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn open_rw(path: &Path, create: bool) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(false)
+        .open(path)
+        .context(format_args!("cannot open {}", path.display()))
+}
+
+impl Index {
+    /// Open `dir`, creating an index of `capacity` entries if it has none. Fails when the
+    /// existing index was written by another model bundle.
+    pub fn open_or_create(dir: &Path, dim: usize, capacity: u64, bundle_id: [u8; 32]) -> Result<Index> {
+        std::fs::create_dir_all(dir).context(format_args!("cannot create index directory {}", dir.display()))?;
+        let ipath = dir.join("index.ml");
+        if !ipath.exists() {
+            let h = Header {
+                dim: dim as u32,
+                capacity,
+                slot_size: slot_size(dim) as u32,
+                thumb_slot: THUMB_SLOT as u32,
+                bundle_id,
+                created_ms: now_ms(),
+            };
+            Self::create(dir, &h)?;
+        }
+        let idx = Self::open(dir)?;
+        if idx.header.bundle_id != bundle_id {
+            crate::bail!(
+                "index {} was built with another model bundle ({}…, this one is {}…); its embeddings \
+                 cannot be mixed: move the directory away (or pass another --index) to re-index",
+                dir.display(),
+                &crate::bundle::hex(&idx.header.bundle_id)[..12],
+                &crate::bundle::hex(&bundle_id)[..12]
+            );
+        }
+        if idx.header.dim as usize != dim {
+            crate::bail!("index {} holds {}-d embeddings, the bundle makes {dim}-d", dir.display(), idx.header.dim);
+        }
+        Ok(idx)
+    }
+
+    fn create(dir: &Path, h: &Header) -> Result<()> {
+        // Written under temporary names and renamed: a crash leaves no half-made index.
+        let len = HEADER_SIZE as u64 + h.capacity * h.slot_size as u64;
+        let tmp = dir.join("index.ml.tmp");
+        let f = open_rw(&tmp, true)?;
+        f.set_len(len).context("sizing the index file")?;
+        std::fs::write(dir.join("thumbs.ml"), []).context("creating thumbs.ml")?;
+        let t = open_rw(&dir.join("thumbs.ml"), false)?;
+        t.set_len(h.capacity * h.thumb_slot as u64).context("sizing thumbs.ml")?;
+        t.sync_all().context("syncing thumbs.ml")?;
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(&h.encode(), 0).context("writing the index header")?;
+        f.sync_all().context("syncing the index")?;
+        std::fs::rename(&tmp, dir.join("index.ml")).context("renaming the new index")?;
+        File::open(dir).and_then(|d| d.sync_all()).context("syncing the index directory")?;
+        Ok(())
+    }
+
+    /// Open an existing index; bad slots are counted in [`Index::report`] and never served.
+    pub fn open(dir: &Path) -> Result<Index> {
+        let ipath = dir.join("index.ml");
+        let f = open_rw(&ipath, false)?;
+        let len = f.metadata().context("stat index.ml")?.len();
+        let mut hb = vec![0u8; HEADER_SIZE.min(len as usize)];
+        use std::os::unix::fs::FileExt;
+        f.read_exact_at(&mut hb, 0).context(format_args!("reading {}", ipath.display()))?;
+        let header = Header::decode(&hb).context(format_args!("{}", ipath.display()))?;
+        let want = HEADER_SIZE as u64 + header.capacity * header.slot_size as u64;
+        if len < want {
+            // Truncated: extend with zeros (lost slots read as empty) rather than refuse to serve.
+            log::warn!("{}: {} bytes, expected {want}: truncated; missing slots are treated as empty", ipath.display(), len);
+            f.set_len(want).context("extending a truncated index")?;
+        }
+        let tpath = dir.join("thumbs.ml");
+        let t = open_rw(&tpath, true)?;
+        let twant = header.capacity * header.thumb_slot as u64;
+        if t.metadata().context("stat thumbs.ml")?.len() < twant {
+            t.set_len(twant).context("extending thumbs.ml")?;
+        }
+        // SAFETY: the files are ours (one writer process per index directory, see FORMAT.md);
+        // their lengths were checked above.
+        let index = unsafe { MmapOptions::new().len(want as usize).map_mut(&f) }.context("mapping index.ml")?;
+        let thumbs = unsafe { MmapOptions::new().len(twant as usize).map_mut(&t) }.context("mapping thumbs.ml")?;
+        let mut maps = Maps { index, thumbs, head: 0, live: 0 };
+        let report = Self::scan(&header, &mut maps);
+        if report.corrupt > 0 {
+            log::warn!("{}: {} corrupt slot(s) ignored: {:?}", ipath.display(), report.corrupt, report.corrupt_slots);
+        }
+        Ok(Index { dir: dir.to_path_buf(), header, maps: RwLock::new(maps), durable: true, opened_report: report })
+    }
+
+    fn scan(h: &Header, maps: &mut Maps) -> Report {
+        let ss = h.slot_size as usize;
+        let mut r = Report { capacity: h.capacity, ..Default::default() };
+        for i in 0..h.capacity {
+            let off = HEADER_SIZE + i as usize * ss;
+            match decode_slot(&maps.index[off..off + ss], h.dim as usize) {
+                Slot::Empty => {}
+                Slot::Valid { entry, .. } if (entry.seq - 1) % h.capacity == i => {
+                    r.entries += 1;
+                    maps.head = maps.head.max(entry.seq);
+                }
+                _ => {
+                    r.corrupt += 1;
+                    if r.corrupt_slots.len() < 100 {
+                        r.corrupt_slots.push(i);
+                    }
+                    // A bad slot is zeroed in memory so searches skip it; it is rewritten when
+                    // the ring comes round.
+                    maps.index[off..off + ss].fill(0);
+                }
+            }
+        }
+        maps.live = r.entries;
+        r
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// What the last open found.
+    pub fn report(&self) -> &Report {
+        &self.opened_report
+    }
+
+    pub fn set_durable(&mut self, durable: bool) {
+        self.durable = durable;
+    }
+
+    pub fn len(&self) -> u64 {
+        self.maps.read().expect("index lock").live
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn head(&self) -> u64 {
+        self.maps.read().expect("index lock").head
+    }
+
+    /// Append one frame; returns its sequence number (its id) once it is on the media.
+    pub fn append(&self, ts_ms: i64, source: &str, label: &str, embedding: &[f32], thumb: &[u8]) -> Result<u64> {
+        let dim = self.header.dim as usize;
+        if embedding.len() != dim {
+            crate::bail!("embedding has {} values, the index holds {dim}", embedding.len());
+        }
+        if thumb.len() > self.header.thumb_slot as usize {
+            crate::bail!("thumbnail of {} bytes exceeds the {}-byte slot", thumb.len(), self.header.thumb_slot);
+        }
+        let (q, scale) = quantize(embedding);
+        let mut maps = self.maps.write().expect("index lock");
+        let seq = maps.head + 1;
+        let slot = (seq - 1) % self.header.capacity;
+        let entry = Entry { seq, ts_ms, source: source.into(), label: label.into(), scale, embedding: q };
+        let mut bytes = vec![0u8; self.header.slot_size as usize];
+        encode_slot(&entry, thumb.len() as u32, crc32(thumb), &mut bytes);
+        let toff = slot as usize * self.header.thumb_slot as usize;
+        maps.thumbs[toff..toff + thumb.len()].copy_from_slice(thumb);
+        let off = HEADER_SIZE + slot as usize * bytes.len();
+        let was_live = maps.index[off..off + 8] != [0u8; 8];
+        maps.index[off..off + bytes.len()].copy_from_slice(&bytes);
+        // Commit order (FORMAT.md): thumbnail, then slot; each flushed before acknowledging.
+        if self.durable {
+            maps.thumbs.flush_range(toff, thumb.len().max(1)).context("flushing thumbs.ml")?;
+            maps.index.flush_range(off, bytes.len()).context("flushing index.ml")?;
+        }
+        maps.head = seq;
+        if !was_live {
+            maps.live += 1;
+        }
+        Ok(seq)
+    }
+
+    /// The entry with sequence number `seq`, if still in the ring and valid.
+    pub fn get(&self, seq: u64) -> Option<Entry> {
+        self.get_with_thumb(seq).map(|(e, _)| e)
+    }
+
+    /// The entry and its thumbnail (None for the thumbnail when it fails its checksum).
+    pub fn get_with_thumb(&self, seq: u64) -> Option<(Entry, Option<Vec<u8>>)> {
+        if seq == 0 {
+            return None;
+        }
+        let maps = self.maps.read().expect("index lock");
+        let slot = (seq - 1) % self.header.capacity;
+        let ss = self.header.slot_size as usize;
+        let off = HEADER_SIZE + slot as usize * ss;
+        match decode_slot(&maps.index[off..off + ss], self.header.dim as usize) {
+            Slot::Valid { entry, thumb_len, thumb_crc } if entry.seq == seq => {
+                let toff = slot as usize * self.header.thumb_slot as usize;
+                let len = (thumb_len as usize).min(self.header.thumb_slot as usize);
+                let t = &maps.thumbs[toff..toff + len];
+                let thumb = (crc32(t) == thumb_crc && len > 0).then(|| t.to_vec());
+                Some((entry, thumb))
+            }
+            _ => None,
+        }
+    }
+
+    /// Re-check every slot on the media (for `verify`) without changing anything.
+    pub fn verify(dir: &Path) -> Result<Report> {
+        let ipath = dir.join("index.ml");
+        let bytes = std::fs::read(&ipath).context(format_args!("cannot read {}", ipath.display()))?;
+        let h = Header::decode(&bytes).context(format_args!("{}", ipath.display()))?;
+        let ss = h.slot_size as usize;
+        let mut r = Report { capacity: h.capacity, ..Default::default() };
+        let thumbs = std::fs::read(dir.join("thumbs.ml")).unwrap_or_default();
+        for i in 0..h.capacity {
+            let off = HEADER_SIZE + i as usize * ss;
+            let bad = match bytes.get(off..off + ss) {
+                None => true, // truncated file: the slot is gone
+                Some(b) => match decode_slot(b, h.dim as usize) {
+                    Slot::Empty => false,
+                    Slot::Corrupt(_) => true,
+                    Slot::Valid { entry, thumb_len, thumb_crc } => {
+                        let toff = i as usize * h.thumb_slot as usize;
+                        let thumb_ok = thumbs
+                            .get(toff..toff + thumb_len as usize)
+                            .is_some_and(|t| crc32(t) == thumb_crc);
+                        let ok = (entry.seq - 1) % h.capacity == i;
+                        if ok {
+                            r.entries += 1;
+                            r.bad_thumbs += u64::from(!thumb_ok);
+                        }
+                        !ok
+                    }
+                },
+            };
+            if bad {
+                r.corrupt += 1;
+                if r.corrupt_slots.len() < 100 {
+                    r.corrupt_slots.push(i);
+                }
+            }
+        }
+        Ok(r)
+    }
+
+    pub(crate) fn with_slots<R>(&self, f: impl FnOnce(&[u8], &Header) -> R) -> R {
+        let maps = self.maps.read().expect("index lock");
+        f(&maps.index[HEADER_SIZE..], &self.header)
+    }
+}
+
+impl From<Error> for std::io::Error {
+    fn from(e: Error) -> Self {
+        std::io::Error::other(e.to_string())
+    }
+}

@@ -1,0 +1,200 @@
+//! The default bundle through tract, checked against values made by the Python reference
+//! (`models/convert/convert.py` writes tests/fixtures/).
+
+mod common;
+use common::*;
+use moonlens::bundle::Bundle;
+use moonlens::encoder::Encoder;
+
+fn read_f32(path: &std::path::Path) -> Vec<f32> {
+    std::fs::read(path).unwrap().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
+#[test]
+fn preprocessing_matches_the_python_reference() {
+    let enc = encoder();
+    for name in ["rabbit", "pizza"] {
+        let img = image::open(root().join(format!("models/samples/{name}.png"))).unwrap();
+        let got = enc.preprocess(&img);
+        let want = read_f32(&root().join(format!("tests/fixtures/preprocess_{name}.f32")));
+        assert_eq!(got.len(), want.len());
+        let max = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(max <= 1e-3, "{name}: max abs diff {max}");
+    }
+}
+
+#[test]
+fn token_ids_match_the_reference_tokenizer() {
+    let enc = encoder();
+    let cases: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(root().join("tests/fixtures/token_ids.json")).unwrap()).unwrap();
+    assert!(cases.len() >= 8);
+    for c in cases {
+        let text = c["text"].as_str().unwrap();
+        let want: Vec<u32> = c["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        assert_eq!(enc.tokenize(text).unwrap(), want, "{text:?}");
+    }
+}
+
+/// int8 towers in tract against the f32 towers in onnxruntime: every embedding within
+/// cosine 0.995 on 60 real images and 60 real captions.
+#[test]
+fn int8_towers_in_tract_match_the_f32_reference() {
+    let _ = data_dir();
+    let enc = encoder();
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("tests/fixtures/reference_embeddings.json")).unwrap())
+            .unwrap();
+    let vecs = |k: &str| -> Vec<Vec<f32>> {
+        r[k].as_array().unwrap().iter().map(|v| v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()).collect()
+    };
+    let (img_ref, txt_ref) = (vecs("image_f32"), vecs("text_f32"));
+    assert!(img_ref.len() >= 50 && txt_ref.len() >= 50);
+    let mut worst_img = 1f32;
+    let paths: Vec<_> = r["images"].as_array().unwrap().iter().map(|p| root().join(p.as_str().unwrap())).collect();
+    let imgs: Vec<_> = paths.iter().map(|p| image::open(p).unwrap()).collect();
+    // the batched path and the single path must agree too
+    let batched = enc.embed_images(&imgs).unwrap();
+    for ((img, want), b) in imgs.iter().zip(&img_ref).zip(&batched) {
+        let got = enc.embed_image(img).unwrap();
+        worst_img = worst_img.min(cosine(&got, want));
+        assert!(cosine(&got, b) > 0.9999, "batched and single image paths differ");
+    }
+    let mut worst_txt = 1f32;
+    for (t, want) in r["texts"].as_array().unwrap().iter().zip(&txt_ref) {
+        worst_txt = worst_txt.min(cosine(&enc.embed_text(t.as_str().unwrap()).unwrap(), want));
+    }
+    eprintln!("int8 (tract) vs f32 (onnxruntime): worst image cosine {worst_img:.5}, worst text cosine {worst_txt:.5}");
+    assert!(worst_img >= 0.995, "image {worst_img}");
+    assert!(worst_txt >= 0.995, "text {worst_txt}");
+}
+
+#[test]
+fn different_inputs_give_different_embeddings() {
+    // A silently constant output has broken other products: check that embeddings vary.
+    let enc = encoder();
+    let samples = ["rabbit", "pizza", "elephant", "lemon"];
+    let e: Vec<Vec<f32>> = samples
+        .iter()
+        .map(|n| enc.embed_image(&image::open(root().join(format!("models/samples/{n}.png"))).unwrap()).unwrap())
+        .collect();
+    for i in 0..e.len() {
+        for j in i + 1..e.len() {
+            assert!(cosine(&e[i], &e[j]) < 0.98, "{} and {} embed alike", samples[i], samples[j]);
+        }
+    }
+    let a = enc.embed_text("a rabbit").unwrap();
+    let b = enc.embed_text("a slice of pizza").unwrap();
+    assert!(cosine(&a, &b) < 0.9);
+}
+
+#[test]
+fn zero_shot_search_finds_the_right_sample() {
+    let enc = encoder();
+    let names = ["rabbit", "pizza", "elephant", "strawberry2", "bee", "duck"];
+    let imgs: Vec<Vec<f32>> = names
+        .iter()
+        .map(|n| enc.embed_image(&image::open(root().join(format!("models/samples/{n}.png"))).unwrap()).unwrap())
+        .collect();
+    for (query, want) in [("a rabbit", "rabbit"), ("a strawberry", "strawberry2"), ("an elephant", "elephant"), ("a duck", "duck")] {
+        let q = enc.embed_text(query).unwrap();
+        let best = (0..imgs.len()).max_by(|&a, &b| cosine(&q, &imgs[a]).total_cmp(&cosine(&q, &imgs[b]))).unwrap();
+        assert_eq!(names[best], want, "query {query:?}");
+    }
+}
+
+fn copy_bundle(name: &str) -> std::path::PathBuf {
+    let d = tempdir(name);
+    for f in ["bundle.toml", "image.onnx", "text.onnx", "tokenizer.json"] {
+        std::fs::copy(root().join("models/default").join(f), d.join(f)).unwrap();
+    }
+    d
+}
+
+#[test]
+fn a_corrupt_model_file_is_named_in_the_error() {
+    let d = copy_bundle("corrupt");
+    let mut bytes = std::fs::read(d.join("text.onnx")).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(d.join("text.onnx"), bytes).unwrap();
+    let e = Bundle::open(&d).unwrap_err().to_string();
+    assert!(e.contains("text.onnx") && e.contains("sha256 mismatch"), "{e}");
+}
+
+#[test]
+fn a_missing_file_or_bad_manifest_is_a_clear_error() {
+    let d = copy_bundle("missing");
+    std::fs::remove_file(d.join("tokenizer.json")).unwrap();
+    let e = Bundle::open(&d).unwrap_err().to_string();
+    assert!(e.contains("tokenizer.json"), "{e}");
+
+    let d = copy_bundle("badfield");
+    let toml = std::fs::read_to_string(d.join("bundle.toml")).unwrap();
+    std::fs::write(d.join("bundle.toml"), toml.replace("crop = 224", "crop = \"big\"")).unwrap();
+    let e = Bundle::open(&d).unwrap_err().to_string();
+    assert!(e.contains("bundle.toml") && e.contains("crop"), "{e}");
+
+    let e = Bundle::open(tempdir("empty")).unwrap_err().to_string();
+    assert!(e.contains("bundle.toml") && e.contains("models/README.md"), "{e}");
+}
+
+#[test]
+fn a_model_that_is_not_onnx_fails_to_load_with_its_name() {
+    let d = copy_bundle("notonnx");
+    std::fs::write(d.join("image.onnx"), b"definitely not a protobuf").unwrap();
+    // re-hash so only the content is wrong, not the checksum
+    let toml = std::fs::read_to_string(d.join("bundle.toml")).unwrap();
+    let sum = moonlens::bundle::sha256_file(&d.join("image.onnx")).unwrap();
+    let toml: String = toml
+        .lines()
+        .map(|l| if l.starts_with("\"image.onnx\"") { format!("\"image.onnx\" = \"{sum}\"") } else { l.to_string() })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(d.join("bundle.toml"), toml).unwrap();
+    let b = Bundle::open(&d).unwrap();
+    let e = Encoder::load(&b).err().expect("must fail").to_string();
+    assert!(e.contains("image.onnx"), "{e}");
+}
+
+#[test]
+fn an_image_that_does_not_decode_is_a_clear_error() {
+    let d = tempdir("badimg");
+    let p = d.join("broken.png");
+    std::fs::write(&p, b"\x89PNG\r\n\x1a\nthis is not really a png").unwrap();
+    let e = moonlens::host::eval::load_image(&p).unwrap_err().to_string();
+    assert!(e.contains("broken.png"), "{e}");
+}
+
+#[test]
+fn eval_on_the_tuxpaint_test_split_prints_recall() {
+    let data = data_dir();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_moonlens-host"))
+        .args(["eval", "--bundle"])
+        .arg(root().join("models/default"))
+        .arg("--pairs")
+        .arg(data.join("pairs/test.jsonl"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    eprintln!("{last}");
+    assert_eq!(last["n"], 113);
+    let (r1, r10) = (last["r1"].as_f64().unwrap(), last["r10"].as_f64().unwrap());
+    // the untrained bridge on drawings and photos: far above chance (10/113 for R@10)
+    assert!(r10 > 0.3 && r1 > 0.1 && r1 <= r10, "{last}");
+}
+
+#[test]
+fn eval_rejects_bad_pairs_files() {
+    let d = tempdir("pairs");
+    std::fs::write(d.join("empty.jsonl"), "").unwrap();
+    std::fs::write(d.join("bad.jsonl"), "{\"image\": 3}\n").unwrap();
+    std::fs::write(d.join("missing.jsonl"), "{\"image\": \"nope.png\", \"text\": \"a cat\"}\n").unwrap();
+    let enc = encoder();
+    for (f, want) in [("empty.jsonl", "no pairs"), ("bad.jsonl", "bad.jsonl:1"), ("missing.jsonl", "does not exist")] {
+        let e = moonlens::host::eval::eval(enc, &d.join(f)).unwrap_err().to_string();
+        assert!(e.contains(want), "{f}: {e}");
+    }
+}
