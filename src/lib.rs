@@ -19,10 +19,13 @@
 
 pub mod bundle;
 pub mod cli;
+pub mod daemon;
 pub mod encoder;
 pub mod error;
 #[cfg(feature = "host")]
 pub mod host;
 pub mod index;
+pub mod protocol;
+pub mod source;
 
 pub use error::{Error, Result};

@@ -1,0 +1,123 @@
+//! Daemon options: defaults, then a TOML config file (`--config`), then the command line.
+
+use crate::cli::Args;
+use crate::error::{Context, Result};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub bundle: Option<PathBuf>,
+    /// `v4l:/dev/videoN` or `dir:PATH`; default: /dev/video0 if present, else the samples.
+    pub source: Option<String>,
+    pub index: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
+    pub serial: Option<String>,
+    pub baud: Option<u32>,
+    /// Entries the ring holds (fixed when the index is created).
+    pub capacity: Option<u64>,
+    pub fps: Option<f64>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    /// Replay a `dir:` source forever.
+    #[serde(rename = "loop")]
+    pub looping: Option<bool>,
+    /// Pixel gate threshold (0 = off); default: on for cameras, off for replays.
+    pub gate_pixels: Option<f32>,
+    /// Embedding gate cosine (>= 1 = off); default: on for cameras, off for replays.
+    pub gate_embedding: Option<f32>,
+    pub watch_cooldown_s: Option<u64>,
+    /// Serve the protocol on stdin/stdout; default: when stdin is a terminal.
+    pub console: Option<bool>,
+}
+
+pub const OPTIONS: &[&str] = &[
+    "bundle", "source", "index", "socket", "serial", "baud", "capacity", "fps", "width", "height", "loop",
+    "gate-pixels", "gate-embedding", "watch-cooldown-s", "console", "config", "no-console",
+];
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).context(format_args!("cannot read config {}", path.display()))?;
+        toml::from_str(&text).context(format_args!("config {}", path.display()))
+    }
+
+    /// Command-line options override the file's.
+    pub fn apply_args(&mut self, a: &Args) -> Result<()> {
+        let num = |n: &str| -> Result<Option<f64>> {
+            a.get(n).map(|v| v.parse::<f64>().map_err(|_| crate::Error::new(format!("--{n} {v:?} is not a number")))).transpose()
+        };
+        if let Some(v) = a.get("bundle") {
+            self.bundle = Some(v.into());
+        }
+        if let Some(v) = a.get("source") {
+            self.source = Some(v.into());
+        }
+        if let Some(v) = a.get("index") {
+            self.index = Some(v.into());
+        }
+        if let Some(v) = a.get("socket") {
+            self.socket = Some(v.into());
+        }
+        if let Some(v) = a.get("serial") {
+            self.serial = Some(v.into());
+        }
+        if let Some(v) = num("baud")? {
+            self.baud = Some(v as u32);
+        }
+        if let Some(v) = num("capacity")? {
+            self.capacity = Some(v as u64);
+        }
+        if let Some(v) = num("fps")? {
+            self.fps = Some(v);
+        }
+        if let Some(v) = num("width")? {
+            self.width = Some(v as u32);
+        }
+        if let Some(v) = num("height")? {
+            self.height = Some(v as u32);
+        }
+        if a.flag("loop") {
+            self.looping = Some(true);
+        }
+        if let Some(v) = num("gate-pixels")? {
+            self.gate_pixels = Some(v as f32);
+        }
+        if let Some(v) = num("gate-embedding")? {
+            self.gate_embedding = Some(v as f32);
+        }
+        if let Some(v) = num("watch-cooldown-s")? {
+            self.watch_cooldown_s = Some(v as u64);
+        }
+        if a.flag("console") {
+            self.console = Some(true);
+        }
+        if a.flag("no-console") {
+            self.console = Some(false);
+        }
+        Ok(())
+    }
+
+    pub fn bundle(&self) -> PathBuf {
+        self.bundle.clone().unwrap_or_else(|| "models/default".into())
+    }
+
+    pub fn source(&self) -> String {
+        self.source.clone().unwrap_or_else(|| {
+            if Path::new("/dev/video0").exists() {
+                "v4l:/dev/video0".into()
+            } else {
+                "dir:models/samples".into()
+            }
+        })
+    }
+
+    pub fn index(&self) -> PathBuf {
+        self.index.clone().unwrap_or_else(|| "var/index".into())
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.socket.clone().unwrap_or_else(|| "var/moonlens.sock".into())
+    }
+}

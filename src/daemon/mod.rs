@@ -1,0 +1,236 @@
+//! The daemon's wiring: shared state, the ingest threads, the transports and what each
+//! request does. Everything is bounded: clients ([`MAX_CLIENTS`]), queries encoding at once
+//! ([`QUERY_SLOTS`]), per-client output queue ([`OUTBOX`]), line length, k, watches.
+//!
+//! There is no shutdown protocol: the daemon is crash-only. SIGTERM or SIGKILL at any moment
+//! leaves an index that the next start recovers (`src/index/FORMAT.md`), and a stale socket
+//! file is replaced on start.
+
+pub mod config;
+pub mod ingest;
+pub mod transport;
+pub mod watch;
+
+use crate::encoder::Encoder;
+use crate::index::search::Filter;
+use crate::index::Index;
+use crate::protocol::{self, Command, Form, HitView, Request, Response, StatusView};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::mpsc::SyncSender;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
+
+pub const MAX_CLIENTS: usize = 64;
+pub const QUERY_SLOTS: usize = 2;
+pub const OUTBOX: usize = 64;
+
+#[derive(Default)]
+pub struct Counters {
+    pub frames_seen: AtomicU64,
+    pub ingested: AtomicU64,
+    pub dropped: AtomicU64,
+    pub gated: AtomicU64,
+    pub source_errors: AtomicU64,
+    pub pushes_lost: AtomicU64,
+}
+
+/// A connected client that receives `+MATCH` pushes.
+struct Subscriber {
+    id: u64,
+    json: Arc<AtomicBool>,
+    outbox: SyncSender<String>,
+}
+
+pub struct Shared {
+    pub encoder: Encoder,
+    pub index: Index,
+    pub source_id: String,
+    pub counters: Counters,
+    pub source_done: AtomicBool,
+    pub watches: Mutex<watch::Watches>,
+    pub started: Instant,
+    pub clients: AtomicUsize,
+    subscribers: Mutex<Vec<Subscriber>>,
+    next_subscriber: AtomicU64,
+    slots: (Mutex<usize>, Condvar),
+}
+
+impl Shared {
+    pub fn new(encoder: Encoder, index: Index, source_id: &str, watch_cooldown: std::time::Duration) -> Shared {
+        Shared {
+            encoder,
+            index,
+            source_id: source_id.chars().take(crate::index::SOURCE_MAX).collect(),
+            counters: Counters::default(),
+            source_done: AtomicBool::new(false),
+            watches: Mutex::new(watch::Watches::new(watch_cooldown)),
+            started: Instant::now(),
+            clients: AtomicUsize::new(0),
+            subscribers: Mutex::new(Vec::new()),
+            next_subscriber: AtomicU64::new(1),
+            slots: (Mutex::new(QUERY_SLOTS), Condvar::new()),
+        }
+    }
+
+    /// Run `f` while holding one of the [`QUERY_SLOTS`] (text encoding is CPU-bound: more
+    /// at once only makes every client slower).
+    fn with_slot<T>(&self, f: impl FnOnce() -> T) -> T {
+        let (m, cv) = &self.slots;
+        let mut free = m.lock().expect("slots");
+        while *free == 0 {
+            free = cv.wait(free).expect("slots");
+        }
+        *free -= 1;
+        drop(free);
+        let out = f();
+        *m.lock().expect("slots") += 1;
+        cv.notify_one();
+        out
+    }
+
+    pub fn subscribe(&self, json: Arc<AtomicBool>, outbox: SyncSender<String>) -> u64 {
+        let id = self.next_subscriber.fetch_add(1, Relaxed);
+        self.subscribers.lock().expect("subscribers").push(Subscriber { id, json, outbox });
+        id
+    }
+
+    pub fn unsubscribe(&self, id: u64) {
+        self.subscribers.lock().expect("subscribers").retain(|s| s.id != id);
+    }
+
+    /// Push a `+MATCH` to every client; a client whose outbox is full loses the push (counted).
+    pub fn push_match(&self, watch: u32, hit: &HitView) {
+        for s in self.subscribers.lock().expect("subscribers").iter() {
+            let line = protocol::render_match(s.json.load(Relaxed), watch, hit);
+            if s.outbox.try_send(line).is_err() {
+                self.counters.pushes_lost.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    fn hits(&self, hits: Vec<crate::index::search::Hit>) -> Vec<HitView> {
+        hits.into_iter()
+            .filter_map(|h| {
+                self.index.get(h.seq).map(|e| HitView { id: h.seq, score: h.score, ts_ms: e.ts_ms, source: e.source, label: e.label })
+            })
+            .collect()
+    }
+
+    pub fn status(&self) -> StatusView {
+        StatusView {
+            frames: self.index.len(),
+            capacity: self.index.header().capacity,
+            ingested: self.counters.ingested.load(Relaxed),
+            dropped: self.counters.dropped.load(Relaxed),
+            gated: self.counters.gated.load(Relaxed),
+            source_errors: self.counters.source_errors.load(Relaxed),
+            source_done: self.source_done.load(Relaxed),
+            model: self.encoder.bundle().manifest.name.clone(),
+            uptime_s: self.started.elapsed().as_secs(),
+            watches: self.watches.lock().expect("watches").list.len(),
+        }
+    }
+
+    /// What one request does.
+    pub fn handle(&self, req: &Request) -> Response {
+        let t0 = Instant::now();
+        match &req.cmd {
+            Command::Search { text, k, since_s, source } => {
+                let q = match self.with_slot(|| self.encoder.embed_text(text)) {
+                    Ok(q) => q,
+                    Err(e) => return Response::Error(format!("cannot encode the query: {e}")),
+                };
+                let filter = Filter {
+                    since_ms: since_s.map(|s| crate::source::now_ms() - (s as i64).saturating_mul(1000)),
+                    until_ms: None,
+                    source: source.clone(),
+                };
+                let hits = self.hits(self.index.search(&q, *k, &filter));
+                Response::Hits { hits, ms: t0.elapsed().as_secs_f64() * 1e3 }
+            }
+            Command::Similar { id, k } => match self.index.get(*id) {
+                None => Response::Error(format!("no frame {id} (it may have left the ring)")),
+                Some(e) => {
+                    let q = e.dequantized();
+                    let hits = self.hits(self.index.search(&q, *k, &Filter::default()));
+                    Response::Hits { hits, ms: t0.elapsed().as_secs_f64() * 1e3 }
+                }
+            },
+            Command::Thumb { id } => match self.index.get_with_thumb(*id) {
+                Some((_, Some(jpeg))) => Response::Thumb { id: *id, jpeg },
+                Some((_, None)) => Response::Error(format!("frame {id} has no valid thumbnail")),
+                None => Response::Error(format!("no frame {id} (it may have left the ring)")),
+            },
+            Command::Status => Response::Status(self.status()),
+            Command::Help => Response::Help,
+            Command::WatchAdd { text } => match self.with_slot(|| self.encoder.embed_text(text)) {
+                Err(e) => Response::Error(format!("cannot encode the watch: {e}")),
+                Ok(emb) => match self.watches.lock().expect("watches").add(text.clone(), emb) {
+                    Ok(n) => Response::WatchAdded { n },
+                    Err(e) => Response::Error(e),
+                },
+            },
+            Command::WatchList => {
+                Response::Watches(self.watches.lock().expect("watches").list.iter().map(|w| (w.n, w.text.clone())).collect())
+            }
+            Command::WatchDel { n } => {
+                if self.watches.lock().expect("watches").remove(*n) {
+                    Response::Done
+                } else {
+                    Response::Error(format!("no watch {n}"))
+                }
+            }
+        }
+    }
+
+    /// Parse and answer one line: the reply bytes, and whether the line was JSON.
+    pub fn answer(&self, line: &[u8]) -> (String, bool) {
+        match protocol::parse(line) {
+            Ok(req) => {
+                let json = matches!(req.form, Form::Json { .. });
+                (protocol::render(&req.form, &self.handle(&req)), json)
+            }
+            Err(e) => {
+                let json = matches!(e.form, Form::Json { .. });
+                (protocol::render(&e.form, &Response::Error(e.reason)), json)
+            }
+        }
+    }
+}
+
+/// Start everything `cfg` asks for; returns the shared state (the caller keeps the process
+/// alive, e.g. by serving the console or joining the socket thread).
+pub fn start(cfg: &config::Config) -> crate::Result<(Arc<Shared>, std::thread::JoinHandle<()>)> {
+    use crate::error::Context;
+    let bundle = crate::bundle::Bundle::open(cfg.bundle())?;
+    let encoder = Encoder::load(&bundle)?;
+    log::info!("bundle {} loaded in {} ms", bundle.manifest.name, encoder.load_time.as_millis());
+    let index = Index::open_or_create(&cfg.index(), encoder.dim(), cfg.capacity.unwrap_or(10_000), bundle.id)?;
+    log::info!("index {}: {} entries of {}", cfg.index().display(), index.len(), index.header().capacity);
+    let spec = cfg.source();
+    let live = spec.starts_with("v4l:");
+    let opts = crate::source::SourceOptions {
+        fps: cfg.fps.unwrap_or(if live { 2.0 } else { 20.0 }),
+        width: cfg.width.unwrap_or(640),
+        height: cfg.height.unwrap_or(480),
+        looping: cfg.looping.unwrap_or(false),
+    };
+    let source = crate::source::open(&spec, &opts)?;
+    let defaults = if live { ingest::Gates::CAMERA } else { ingest::Gates::OFF };
+    let gates = ingest::Gates {
+        pixel_diff: cfg.gate_pixels.unwrap_or(defaults.pixel_diff),
+        embedding_cos: cfg.gate_embedding.unwrap_or(defaults.embedding_cos),
+    };
+    let listener = transport::bind(&cfg.socket())?;
+    let cooldown = std::time::Duration::from_secs(cfg.watch_cooldown_s.unwrap_or(60));
+    let shared = Arc::new(Shared::new(encoder, index, source.id(), cooldown));
+    log::info!("source {spec}; socket {}", cfg.socket().display());
+    ingest::start(shared.clone(), source, gates);
+    if let Some(dev) = &cfg.serial {
+        let (s, d, b) = (shared.clone(), dev.clone(), cfg.baud.unwrap_or(115_200));
+        std::thread::Builder::new().name("serial".into()).spawn(move || transport::serve_serial(s, d, b)).context("spawn serial")?;
+    }
+    let s = shared.clone();
+    let sock = std::thread::Builder::new().name("socket".into()).spawn(move || transport::serve_socket(s, listener)).context("spawn socket")?;
+    Ok((shared, sock))
+}

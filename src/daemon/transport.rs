@@ -1,0 +1,130 @@
+//! Byte transports: a Unix socket (many clients), a serial line, the terminal. Each
+//! connection is a session: a reader that splits lines ([`LineBuffer`]) and answers them,
+//! and a writer thread that drains a bounded outbox (replies and `+MATCH` pushes), so a slow
+//! client never blocks ingest or other clients. No TCP listener, by design.
+
+use super::{Shared, MAX_CLIENTS, OUTBOX};
+use crate::error::{Context, Result};
+use crate::protocol::{render, Form, Line, LineBuffer, Response, MAX_LINE};
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::mpsc::sync_channel;
+use std::sync::Arc;
+
+/// Serve one connection until its reader ends.
+pub fn session<R: Read, W: Write + Send + 'static>(shared: &Shared, mut reader: R, mut writer: W, name: &str) {
+    let (tx, rx) = sync_channel::<String>(OUTBOX);
+    let writer_thread = std::thread::Builder::new()
+        .name(format!("out-{name}"))
+        .spawn(move || {
+            for s in rx {
+                if writer.write_all(s.as_bytes()).and_then(|_| writer.flush()).is_err() {
+                    break;
+                }
+            }
+        });
+    let Ok(writer_thread) = writer_thread else { return };
+    let json = Arc::new(AtomicBool::new(false));
+    let sub = shared.subscribe(json.clone(), tx.clone());
+    let mut lb = LineBuffer::default();
+    let mut lines = Vec::new();
+    let mut buf = [0u8; 1024];
+    'read: loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock | ErrorKind::Interrupted) => continue,
+            Err(e) => {
+                log::debug!("{name}: read failed: {e}");
+                break;
+            }
+        };
+        lb.push(&buf[..n], &mut lines);
+        for line in lines.drain(..) {
+            let reply = match line {
+                Line::TooLong => render(&Form::Human, &Response::Error(format!("line longer than {MAX_LINE} bytes, skipped"))),
+                Line::Text(t) if t.iter().all(|b| b.is_ascii_whitespace()) => continue,
+                Line::Text(t) => {
+                    let (reply, is_json) = shared.answer(&t);
+                    json.store(is_json, Relaxed);
+                    reply
+                }
+            };
+            if tx.send(reply).is_err() {
+                break 'read;
+            }
+        }
+    }
+    shared.unsubscribe(sub);
+    drop(tx);
+    let _ = writer_thread.join();
+}
+
+/// Bind `path` (replacing a stale socket file, refusing a live one), mode 0660.
+pub fn bind(path: &Path) -> Result<UnixListener> {
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            crate::bail!("{} is in use by a running daemon; stop it or pass another --socket", path.display());
+        }
+        std::fs::remove_file(path).context(format_args!("removing stale socket {}", path.display()))?;
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).context(format_args!("creating {}", dir.display()))?;
+    }
+    let l = UnixListener::bind(path).context(format_args!("cannot bind {}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).context("chmod 0660 on the socket")?;
+    Ok(l)
+}
+
+pub fn serve_socket(shared: Arc<Shared>, listener: UnixListener) {
+    for conn in listener.incoming() {
+        let Ok(stream) = conn else { continue };
+        if shared.clients.fetch_add(1, Relaxed) >= MAX_CLIENTS {
+            shared.clients.fetch_sub(1, Relaxed);
+            let mut s = stream;
+            let _ = s.write_all(b"ERROR busy: too many clients, try again\n");
+            continue;
+        }
+        let s = shared.clone();
+        let spawned = std::thread::Builder::new().name("client".into()).spawn(move || {
+            if let Ok(w) = stream.try_clone() {
+                let _ = w.set_write_timeout(Some(std::time::Duration::from_secs(10)));
+                session(&s, &stream, w, "socket");
+            }
+            s.clients.fetch_sub(1, Relaxed);
+        });
+        if spawned.is_err() {
+            shared.clients.fetch_sub(1, Relaxed);
+        }
+    }
+}
+
+/// A serial console: reads with a timeout so a silent line costs nothing; reopened if the
+/// adapter vanishes.
+pub fn serve_serial(shared: Arc<Shared>, device: String, baud: u32) {
+    let mut backoff = std::time::Duration::from_millis(500);
+    loop {
+        match serialport::new(&device, baud).timeout(std::time::Duration::from_millis(200)).open() {
+            Ok(port) => {
+                backoff = std::time::Duration::from_millis(500);
+                log::info!("serial console on {device} at {baud} baud");
+                match port.try_clone() {
+                    Ok(w) => session(&shared, port, w, "serial"),
+                    Err(e) => log::warn!("{device}: {e}"),
+                }
+                log::warn!("{device}: serial session ended; reopening");
+            }
+            Err(e) => log::warn!("{device}: cannot open serial line: {e}"),
+        }
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
+    }
+}
+
+/// The terminal: the same protocol on stdin/stdout.
+pub fn serve_stdio(shared: Arc<Shared>) {
+    session(&shared, std::io::stdin(), std::io::stdout(), "console");
+}
