@@ -47,6 +47,16 @@ fn run() -> Result<()> {
                 args.flag("json"),
             )
         }
+        // Test tool for the crash-safety harness (tests/index.rs): appends entries whose
+        // embedding is a function of their sequence number and prints each acknowledged seq.
+        ("index-writer", None) => {
+            args.only(&["index", "capacity", "count"])?;
+            moonlens::host::crash::writer(
+                Path::new(args.require("index")?),
+                args.number("capacity", 64)?,
+                args.number("count", u64::MAX)?,
+            )
+        }
         _ => Err(moonlens::Error::new(format!("unknown command {cmd:?}\n{USAGE}"))),
     }
 }

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Host build prerequisites (Debian/Ubuntu): bindgen needs libclang to read the V4L2 headers
+# for the `v4l` crate. Idempotent and quick when everything is present.
+set -euo pipefail
+missing=()
+for p in libclang-dev clang; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${missing[@]}"
+fi
