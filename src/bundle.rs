@@ -98,7 +98,9 @@ impl Bundle {
             .map_err(|_| Error::new(format!("{}: not UTF-8", manifest_path.display())))?;
         let manifest: Manifest =
             toml::from_str(&text).context(format_args!("{}", manifest_path.display()))?;
-        manifest.validate().context(format_args!("{}", manifest_path.display()))?;
+        manifest
+            .validate()
+            .context(format_args!("{}", manifest_path.display()))?;
         for (file, want) in &manifest.sha256 {
             let path = dir.join(file);
             let got = sha256_file(&path)?;
@@ -125,23 +127,39 @@ impl Bundle {
 impl Manifest {
     fn validate(&self) -> Result<()> {
         if self.format != FORMAT {
-            crate::bail!("bundle format {} is not supported (this build reads {FORMAT})", self.format);
+            crate::bail!(
+                "bundle format {} is not supported (this build reads {FORMAT})",
+                self.format
+            );
         }
         if self.dim == 0 || self.dim > 4096 {
             crate::bail!("dim = {} is out of range 1..=4096", self.dim);
         }
         let i = &self.image;
         if i.shape[0] != 3 || i.shape[1] != i.crop as usize || i.shape[2] != i.crop as usize {
-            crate::bail!("image.shape {:?} must be [3, crop, crop] with crop = {}", i.shape, i.crop);
+            crate::bail!(
+                "image.shape {:?} must be [3, crop, crop] with crop = {}",
+                i.shape,
+                i.crop
+            );
         }
         if i.crop == 0 || i.resize < i.crop || i.resize > 4096 {
-            crate::bail!("image.resize ({}) must be >= image.crop ({}) > 0", i.resize, i.crop);
+            crate::bail!(
+                "image.resize ({}) must be >= image.crop ({}) > 0",
+                i.resize,
+                i.crop
+            );
         }
-        if i.std.iter().any(|s| !s.is_finite() || *s == 0.0) || i.mean.iter().any(|m| !m.is_finite()) {
+        if i.std.iter().any(|s| !s.is_finite() || *s == 0.0)
+            || i.mean.iter().any(|m| !m.is_finite())
+        {
             crate::bail!("image.mean and image.std must be finite and std non-zero");
         }
         if self.text.max_tokens < 2 || self.text.max_tokens > 4096 {
-            crate::bail!("text.max_tokens = {} is out of range 2..=4096", self.text.max_tokens);
+            crate::bail!(
+                "text.max_tokens = {} is out of range 2..=4096",
+                self.text.max_tokens
+            );
         }
         for f in [&self.image.file, &self.text.file, &self.text.tokenizer] {
             if !self.sha256.contains_key(f) {
@@ -166,7 +184,9 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        let n = f.read(&mut buf).context(format_args!("reading {}", path.display()))?;
+        let n = f
+            .read(&mut buf)
+            .context(format_args!("reading {}", path.display()))?;
         if n == 0 {
             break;
         }

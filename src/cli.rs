@@ -21,7 +21,9 @@ impl Args {
                 if switches.contains(&name) {
                     out.flags.push(name.to_string());
                 } else {
-                    let v = it.next().ok_or_else(|| Error::new(format!("--{name} needs a value")))?;
+                    let v = it
+                        .next()
+                        .ok_or_else(|| Error::new(format!("--{name} needs a value")))?;
                     out.options.insert(name.to_string(), v);
                 }
             } else {
@@ -36,7 +38,8 @@ impl Args {
     }
 
     pub fn require(&self, name: &str) -> Result<&str> {
-        self.get(name).ok_or_else(|| Error::new(format!("missing --{name}")))
+        self.get(name)
+            .ok_or_else(|| Error::new(format!("missing --{name}")))
     }
 
     pub fn flag(&self, name: &str) -> bool {
@@ -46,7 +49,9 @@ impl Args {
     pub fn number<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T> {
         match self.get(name) {
             None => Ok(default),
-            Some(v) => v.parse().map_err(|_| Error::new(format!("--{name} {v:?} is not a valid number"))),
+            Some(v) => v
+                .parse()
+                .map_err(|_| Error::new(format!("--{name} {v:?} is not a valid number"))),
         }
     }
 

@@ -15,13 +15,27 @@ pub const DEFAULT_K: usize = 5;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
-    Search { text: String, k: usize, since_s: Option<u64>, source: Option<String> },
-    Similar { id: u64, k: usize },
-    Thumb { id: u64 },
+    Search {
+        text: String,
+        k: usize,
+        since_s: Option<u64>,
+        source: Option<String>,
+    },
+    Similar {
+        id: u64,
+        k: usize,
+    },
+    Thumb {
+        id: u64,
+    },
     Status,
-    WatchAdd { text: String },
+    WatchAdd {
+        text: String,
+    },
     WatchList,
-    WatchDel { n: u32 },
+    WatchDel {
+        n: u32,
+    },
     Help,
 }
 
@@ -108,12 +122,17 @@ fn parse_k(v: &str) -> Result<usize, String> {
 }
 
 fn parse_id(v: &str) -> Result<u64, String> {
-    v.trim().parse::<u64>().map_err(|_| format!("{v:?} is not a frame id"))
+    v.trim()
+        .parse::<u64>()
+        .map_err(|_| format!("{v:?} is not a frame id"))
 }
 
 /// Parse one line (without its newline).
 pub fn parse(line: &[u8]) -> Result<Request, ParseError> {
-    let human = |reason: String| ParseError { form: Form::Human, reason };
+    let human = |reason: String| ParseError {
+        form: Form::Human,
+        reason,
+    };
     let text = std::str::from_utf8(line).map_err(|_| human("line is not valid UTF-8".into()))?;
     if text.chars().any(|c| c.is_control() && c != '\t') {
         return Err(human("line contains control characters".into()));
@@ -133,7 +152,10 @@ pub fn parse(line: &[u8]) -> Result<Request, ParseError> {
                 if let Some(v) = w.strip_prefix("k=") {
                     k = parse_k(v).map_err(human)?;
                 } else if let Some(v) = w.strip_prefix("since=") {
-                    since_s = Some(parse_duration_s(v).ok_or_else(|| human(format!("since={v}: use e.g. 90s, 10m, 2h, 1d")))?);
+                    since_s =
+                        Some(parse_duration_s(v).ok_or_else(|| {
+                            human(format!("since={v}: use e.g. 90s, 10m, 2h, 1d"))
+                        })?);
                 } else if let Some(v) = w.strip_prefix("source=") {
                     source = Some(v.to_string());
                 } else {
@@ -141,44 +163,76 @@ pub fn parse(line: &[u8]) -> Result<Request, ParseError> {
                 }
             }
             if words.is_empty() {
-                return Err(human("search needs some text, e.g. search a rabbit k=5".into()));
+                return Err(human(
+                    "search needs some text, e.g. search a rabbit k=5".into(),
+                ));
             }
-            Command::Search { text: words.join(" "), k, since_s, source }
+            Command::Search {
+                text: words.join(" "),
+                k,
+                since_s,
+                source,
+            }
         }
         "similar" => {
             let mut parts = rest.split_whitespace();
             let id = parse_id(parts.next().unwrap_or("")).map_err(human)?;
             let mut k = DEFAULT_K;
             for w in parts {
-                k = parse_k(w.strip_prefix("k=").ok_or_else(|| human(format!("unexpected {w:?}")))?).map_err(human)?;
+                k = parse_k(
+                    w.strip_prefix("k=")
+                        .ok_or_else(|| human(format!("unexpected {w:?}")))?,
+                )
+                .map_err(human)?;
             }
             Command::Similar { id, k }
         }
-        "thumb" => Command::Thumb { id: parse_id(rest).map_err(human)? },
+        "thumb" => Command::Thumb {
+            id: parse_id(rest).map_err(human)?,
+        },
         "status" => Command::Status,
         "help" | "?" => Command::Help,
         "watch" => {
             let (sub, arg) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
             match sub {
-                "add" if !arg.trim().is_empty() => Command::WatchAdd { text: arg.trim().to_string() },
+                "add" if !arg.trim().is_empty() => Command::WatchAdd {
+                    text: arg.trim().to_string(),
+                },
                 "list" => Command::WatchList,
                 "del" => Command::WatchDel {
-                    n: arg.trim().parse().map_err(|_| human("watch del needs a watch number".into()))?,
+                    n: arg
+                        .trim()
+                        .parse()
+                        .map_err(|_| human("watch del needs a watch number".into()))?,
                 },
-                _ => return Err(human("use watch add <text> | watch list | watch del <n>".into())),
+                _ => {
+                    return Err(human(
+                        "use watch add <text> | watch list | watch del <n>".into(),
+                    ))
+                }
             }
         }
         other => return Err(human(format!("unknown command {other:?}; type help"))),
     };
-    Ok(Request { form: Form::Human, cmd })
+    Ok(Request {
+        form: Form::Human,
+        cmd,
+    })
 }
 
 fn parse_json(text: &str) -> Result<Request, ParseError> {
-    let v: Value = serde_json::from_str(text)
-        .map_err(|e| ParseError { form: Form::Json { id: Value::Null }, reason: format!("invalid JSON: {e}") })?;
+    let v: Value = serde_json::from_str(text).map_err(|e| ParseError {
+        form: Form::Json { id: Value::Null },
+        reason: format!("invalid JSON: {e}"),
+    })?;
     let id = v.get("id").cloned().unwrap_or(Value::Null);
-    let err = |reason: String| ParseError { form: Form::Json { id: id.clone() }, reason };
-    let obj = v.as_object().ok_or_else(|| err("request must be a JSON object".into()))?;
+    let err = |reason: String| ParseError {
+        form: Form::Json { id: id.clone() },
+        reason,
+    };
+    let obj = v
+        .as_object()
+        .ok_or_else(|| err("request must be a JSON object".into()))?;
     let str_field = |name: &str| -> Result<String, ParseError> {
         match obj.get(name) {
             Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.clone()),
@@ -186,7 +240,9 @@ fn parse_json(text: &str) -> Result<Request, ParseError> {
         }
     };
     let u64_field = |name: &str| -> Result<u64, ParseError> {
-        obj.get(name).and_then(Value::as_u64).ok_or_else(|| err(format!("\"{name}\" must be a whole number")))
+        obj.get(name)
+            .and_then(Value::as_u64)
+            .ok_or_else(|| err(format!("\"{name}\" must be a whole number")))
     };
     let k = match obj.get("k") {
         None => DEFAULT_K,
@@ -201,8 +257,13 @@ fn parse_json(text: &str) -> Result<Request, ParseError> {
             k,
             since_s: match obj.get("since") {
                 None => None,
-                Some(Value::String(s)) => Some(parse_duration_s(s).ok_or_else(|| err("\"since\" like \"10m\"".into()))?),
-                Some(v) => Some(v.as_u64().ok_or_else(|| err("\"since\" must be seconds or like \"10m\"".into()))?),
+                Some(Value::String(s)) => {
+                    Some(parse_duration_s(s).ok_or_else(|| err("\"since\" like \"10m\"".into()))?)
+                }
+                Some(v) => Some(
+                    v.as_u64()
+                        .ok_or_else(|| err("\"since\" must be seconds or like \"10m\"".into()))?,
+                ),
             },
             source: match obj.get("source") {
                 None => None,
@@ -210,19 +271,30 @@ fn parse_json(text: &str) -> Result<Request, ParseError> {
                 Some(_) => return Err(err("\"source\" must be a string".into())),
             },
         },
-        Some("similar") => Command::Similar { id: u64_field("frame")?, k },
-        Some("thumb") => Command::Thumb { id: u64_field("frame")? },
+        Some("similar") => Command::Similar {
+            id: u64_field("frame")?,
+            k,
+        },
+        Some("thumb") => Command::Thumb {
+            id: u64_field("frame")?,
+        },
         Some("status") => Command::Status,
         Some("help") => Command::Help,
-        Some("watch_add") => Command::WatchAdd { text: str_field("text")? },
+        Some("watch_add") => Command::WatchAdd {
+            text: str_field("text")?,
+        },
         Some("watch_list") => Command::WatchList,
         Some("watch_del") => Command::WatchDel {
-            n: u32::try_from(u64_field("watch")?).map_err(|_| err("\"watch\" is too large".into()))?,
+            n: u32::try_from(u64_field("watch")?)
+                .map_err(|_| err("\"watch\" is too large".into()))?,
         },
         Some(other) => return Err(err(format!("unknown cmd {other:?}"))),
         None => return Err(err("missing \"cmd\"".into())),
     };
-    Ok(Request { form: Form::Json { id }, cmd })
+    Ok(Request {
+        form: Form::Json { id },
+        cmd,
+    })
 }
 
 /// One search result, ready to render.
@@ -297,7 +369,9 @@ pub fn base64(data: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut s = String::with_capacity(data.len().div_ceil(3) * 4);
     for c in data.chunks(3) {
-        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
         for i in 0..4 {
             if i <= c.len() {
                 s.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
@@ -316,7 +390,9 @@ fn hit_json(h: &HitView) -> Value {
 
 /// Human-form text fields never contain a newline (labels come from file names).
 fn clean(s: &str) -> String {
-    s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 /// The bytes to send for `resp`, newline-terminated.
@@ -327,18 +403,26 @@ pub fn render(form: &Form, resp: &Response) -> String {
                 Response::Hits { hits, ms } => {
                     json!({"ok": true, "hits": hits.iter().map(hit_json).collect::<Vec<_>>(), "ms": (ms * 100.0).round() / 100.0})
                 }
-                Response::Status(s) => json!({"ok": true, "frames": s.frames, "capacity": s.capacity,
+                Response::Status(s) => {
+                    json!({"ok": true, "frames": s.frames, "capacity": s.capacity,
                     "ingested": s.ingested, "dropped": s.dropped, "gated": s.gated,
                     "source_errors": s.source_errors, "source_done": s.source_done, "model": s.model,
-                    "uptime_s": s.uptime_s, "watches": s.watches}),
-                Response::Thumb { id, jpeg } => json!({"ok": true, "frame": id, "mime": "image/jpeg", "thumb": base64(jpeg)}),
+                    "uptime_s": s.uptime_s, "watches": s.watches})
+                }
+                Response::Thumb { id, jpeg } => {
+                    json!({"ok": true, "frame": id, "mime": "image/jpeg", "thumb": base64(jpeg)})
+                }
                 Response::WatchAdded { n } => json!({"ok": true, "watch": n}),
-                Response::Watches(w) => json!({"ok": true, "watches": w.iter().map(|(n, t)| json!({"watch": n, "text": t})).collect::<Vec<_>>()}),
+                Response::Watches(w) => {
+                    json!({"ok": true, "watches": w.iter().map(|(n, t)| json!({"watch": n, "text": t})).collect::<Vec<_>>()})
+                }
                 Response::Done => json!({"ok": true}),
                 Response::Help => json!({"ok": true, "help": HELP}),
                 Response::Error(e) => json!({"ok": false, "error": e}),
             };
-            v.as_object_mut().expect("object").insert("id".into(), id.clone());
+            v.as_object_mut()
+                .expect("object")
+                .insert("id".into(), id.clone());
             let mut s = v.to_string();
             s.push('\n');
             s
@@ -348,7 +432,15 @@ pub fn render(form: &Form, resp: &Response) -> String {
             match resp {
                 Response::Hits { hits, ms } => {
                     for h in hits {
-                        let _ = writeln!(s, "+HIT {} {:.4} {} {} {}", h.id, h.score, rfc3339(h.ts_ms), clean(&h.source), clean(&h.label));
+                        let _ = writeln!(
+                            s,
+                            "+HIT {} {:.4} {} {} {}",
+                            h.id,
+                            h.score,
+                            rfc3339(h.ts_ms),
+                            clean(&h.source),
+                            clean(&h.label)
+                        );
                     }
                     let _ = writeln!(s, "OK {} hits {:.1} ms", hits.len(), ms);
                 }
@@ -392,9 +484,19 @@ pub fn render(form: &Form, resp: &Response) -> String {
 /// An unsolicited `+MATCH` push for a watch, in both forms.
 pub fn render_match(json_form: bool, watch: u32, hit: &HitView) -> String {
     if json_form {
-        format!("{}\n", json!({"event": "match", "watch": watch, "hit": hit_json(hit)}))
+        format!(
+            "{}\n",
+            json!({"event": "match", "watch": watch, "hit": hit_json(hit)})
+        )
     } else {
-        format!("+MATCH {watch} {} {:.4} {} {} {}\n", hit.id, hit.score, rfc3339(hit.ts_ms), clean(&hit.source), clean(&hit.label))
+        format!(
+            "+MATCH {watch} {} {:.4} {} {} {}\n",
+            hit.id,
+            hit.score,
+            rfc3339(hit.ts_ms),
+            clean(&hit.source),
+            clean(&hit.label)
+        )
     }
 }
 
@@ -407,9 +509,22 @@ mod tests {
         let r = parse(b"search a rabbit next to the moon k=3 since=10m source=cam0").unwrap();
         assert_eq!(
             r.cmd,
-            Command::Search { text: "a rabbit next to the moon".into(), k: 3, since_s: Some(600), source: Some("cam0".into()) }
+            Command::Search {
+                text: "a rabbit next to the moon".into(),
+                k: 3,
+                since_s: Some(600),
+                source: Some("cam0".into())
+            }
         );
-        assert_eq!(parse(b"search x k=1000").unwrap().cmd, Command::Search { text: "x".into(), k: K_MAX, since_s: None, source: None });
+        assert_eq!(
+            parse(b"search x k=1000").unwrap().cmd,
+            Command::Search {
+                text: "x".into(),
+                k: K_MAX,
+                since_s: None,
+                source: None
+            }
+        );
         assert!(parse(b"search k=3").is_err());
         assert!(parse(b"search x k=0").is_err());
         assert!(parse(b"search x since=5y").is_err());
@@ -419,24 +534,44 @@ mod tests {
     fn json_requests_keep_their_id_even_when_wrong() {
         let r = parse(br#"{"id":7,"cmd":"search","text":"a rabbit","k":500}"#).unwrap();
         assert_eq!(r.form, Form::Json { id: json!(7) });
-        assert_eq!(r.cmd, Command::Search { text: "a rabbit".into(), k: K_MAX, since_s: None, source: None });
+        assert_eq!(
+            r.cmd,
+            Command::Search {
+                text: "a rabbit".into(),
+                k: K_MAX,
+                since_s: None,
+                source: None
+            }
+        );
         let e = parse(br#"{"id":"a","cmd":"search"}"#).unwrap_err();
         assert_eq!(e.form, Form::Json { id: json!("a") });
         assert!(e.reason.contains("text"));
-        assert_eq!(parse(b"{not json").unwrap_err().form, Form::Json { id: Value::Null });
+        assert_eq!(
+            parse(b"{not json").unwrap_err().form,
+            Form::Json { id: Value::Null }
+        );
         assert!(parse(br#"{"id":1,"cmd":"thumb","frame":-1}"#).is_err());
     }
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        assert!(parse(b"\xff\xfe\x00binary").unwrap_err().reason.contains("UTF-8"));
+        assert!(parse(b"\xff\xfe\x00binary")
+            .unwrap_err()
+            .reason
+            .contains("UTF-8"));
         assert!(parse(b"search \x07bell").is_err());
         assert!(parse(b"").is_err());
-        assert!(parse(b"launch missiles").unwrap_err().reason.contains("unknown command"));
+        assert!(parse(b"launch missiles")
+            .unwrap_err()
+            .reason
+            .contains("unknown command"));
         // any UTF-8 text is a query: Chinese, emoji, right-to-left
         for q in ["兔子 月饼", "🐇🌕", "ארנב"] {
             let line = format!("search {q}");
-            assert!(matches!(parse(line.as_bytes()).unwrap().cmd, Command::Search { .. }));
+            assert!(matches!(
+                parse(line.as_bytes()).unwrap().cmd,
+                Command::Search { .. }
+            ));
         }
     }
 
@@ -471,12 +606,34 @@ mod tests {
 
     #[test]
     fn renders_both_forms() {
-        let hits = vec![HitView { id: 3, score: 0.5, ts_ms: 0, source: "dir".into(), label: "rabbit.png".into() }];
-        let h = render(&Form::Human, &Response::Hits { hits: hits.clone(), ms: 1.0 });
-        assert_eq!(h, "+HIT 3 0.5000 1970-01-01T00:00:00.000Z dir rabbit.png\nOK 1 hits 1.0 ms\n");
-        let j: Value = serde_json::from_str(&render(&Form::Json { id: json!(1) }, &Response::Hits { hits, ms: 1.0 })).unwrap();
+        let hits = vec![HitView {
+            id: 3,
+            score: 0.5,
+            ts_ms: 0,
+            source: "dir".into(),
+            label: "rabbit.png".into(),
+        }];
+        let h = render(
+            &Form::Human,
+            &Response::Hits {
+                hits: hits.clone(),
+                ms: 1.0,
+            },
+        );
+        assert_eq!(
+            h,
+            "+HIT 3 0.5000 1970-01-01T00:00:00.000Z dir rabbit.png\nOK 1 hits 1.0 ms\n"
+        );
+        let j: Value = serde_json::from_str(&render(
+            &Form::Json { id: json!(1) },
+            &Response::Hits { hits, ms: 1.0 },
+        ))
+        .unwrap();
         assert_eq!(j["id"], 1);
         assert_eq!(j["hits"][0]["label"], "rabbit.png");
-        assert_eq!(render(&Form::Human, &Response::Error("bad\nthing".into())), "ERROR bad thing\n");
+        assert_eq!(
+            render(&Form::Human, &Response::Error("bad\nthing".into())),
+            "ERROR bad thing\n"
+        );
     }
 }

@@ -7,7 +7,11 @@ use moonlens::bundle::Bundle;
 use moonlens::encoder::Encoder;
 
 fn read_f32(path: &std::path::Path) -> Vec<f32> {
-    std::fs::read(path).unwrap().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+    std::fs::read(path)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
 }
 
 #[test]
@@ -18,7 +22,11 @@ fn preprocessing_matches_the_python_reference() {
         let got = enc.preprocess(&img);
         let want = read_f32(&root().join(format!("tests/fixtures/preprocess_{name}.f32")));
         assert_eq!(got.len(), want.len());
-        let max = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let max = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         assert!(max <= 1e-3, "{name}: max abs diff {max}");
     }
 }
@@ -26,12 +34,19 @@ fn preprocessing_matches_the_python_reference() {
 #[test]
 fn token_ids_match_the_reference_tokenizer() {
     let enc = encoder();
-    let cases: Vec<serde_json::Value> =
-        serde_json::from_str(&std::fs::read_to_string(root().join("tests/fixtures/token_ids.json")).unwrap()).unwrap();
+    let cases: Vec<serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(root().join("tests/fixtures/token_ids.json")).unwrap(),
+    )
+    .unwrap();
     assert!(cases.len() >= 8);
     for c in cases {
         let text = c["text"].as_str().unwrap();
-        let want: Vec<u32> = c["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let want: Vec<u32> = c["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
         assert_eq!(enc.tokenize(text).unwrap(), want, "{text:?}");
     }
 }
@@ -42,23 +57,42 @@ fn token_ids_match_the_reference_tokenizer() {
 fn int8_towers_in_tract_match_the_f32_reference() {
     let _ = data_dir();
     let enc = encoder();
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(root().join("tests/fixtures/reference_embeddings.json")).unwrap())
-            .unwrap();
+    let r: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("tests/fixtures/reference_embeddings.json")).unwrap(),
+    )
+    .unwrap();
     let vecs = |k: &str| -> Vec<Vec<f32>> {
-        r[k].as_array().unwrap().iter().map(|v| v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()).collect()
+        r[k].as_array()
+            .unwrap()
+            .iter()
+            .map(|v| {
+                v.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap() as f32)
+                    .collect()
+            })
+            .collect()
     };
     let (img_ref, txt_ref) = (vecs("image_f32"), vecs("text_f32"));
     assert!(img_ref.len() >= 50 && txt_ref.len() >= 50);
     let mut worst_img = 1f32;
-    let paths: Vec<_> = r["images"].as_array().unwrap().iter().map(|p| root().join(p.as_str().unwrap())).collect();
+    let paths: Vec<_> = r["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| root().join(p.as_str().unwrap()))
+        .collect();
     let imgs: Vec<_> = paths.iter().map(|p| image::open(p).unwrap()).collect();
     // the batched path and the single path must agree too
     let batched = enc.embed_images(&imgs).unwrap();
     for ((img, want), b) in imgs.iter().zip(&img_ref).zip(&batched) {
         let got = enc.embed_image(img).unwrap();
         worst_img = worst_img.min(cosine(&got, want));
-        assert!(cosine(&got, b) > 0.9999, "batched and single image paths differ");
+        assert!(
+            cosine(&got, b) > 0.9999,
+            "batched and single image paths differ"
+        );
     }
     let mut worst_txt = 1f32;
     for (t, want) in r["texts"].as_array().unwrap().iter().zip(&txt_ref) {
@@ -76,11 +110,19 @@ fn different_inputs_give_different_embeddings() {
     let samples = ["rabbit", "pizza", "elephant", "lemon"];
     let e: Vec<Vec<f32>> = samples
         .iter()
-        .map(|n| enc.embed_image(&image::open(root().join(format!("models/samples/{n}.png"))).unwrap()).unwrap())
+        .map(|n| {
+            enc.embed_image(&image::open(root().join(format!("models/samples/{n}.png"))).unwrap())
+                .unwrap()
+        })
         .collect();
     for i in 0..e.len() {
         for j in i + 1..e.len() {
-            assert!(cosine(&e[i], &e[j]) < 0.98, "{} and {} embed alike", samples[i], samples[j]);
+            assert!(
+                cosine(&e[i], &e[j]) < 0.98,
+                "{} and {} embed alike",
+                samples[i],
+                samples[j]
+            );
         }
     }
     let a = enc.embed_text("a rabbit").unwrap();
@@ -94,11 +136,21 @@ fn zero_shot_search_finds_the_right_sample() {
     let names = ["rabbit", "pizza", "elephant", "strawberry2", "bee", "duck"];
     let imgs: Vec<Vec<f32>> = names
         .iter()
-        .map(|n| enc.embed_image(&image::open(root().join(format!("models/samples/{n}.png"))).unwrap()).unwrap())
+        .map(|n| {
+            enc.embed_image(&image::open(root().join(format!("models/samples/{n}.png"))).unwrap())
+                .unwrap()
+        })
         .collect();
-    for (query, want) in [("a rabbit", "rabbit"), ("a strawberry", "strawberry2"), ("an elephant", "elephant"), ("a duck", "duck")] {
+    for (query, want) in [
+        ("a rabbit", "rabbit"),
+        ("a strawberry", "strawberry2"),
+        ("an elephant", "elephant"),
+        ("a duck", "duck"),
+    ] {
         let q = enc.embed_text(query).unwrap();
-        let best = (0..imgs.len()).max_by(|&a, &b| cosine(&q, &imgs[a]).total_cmp(&cosine(&q, &imgs[b]))).unwrap();
+        let best = (0..imgs.len())
+            .max_by(|&a, &b| cosine(&q, &imgs[a]).total_cmp(&cosine(&q, &imgs[b])))
+            .unwrap();
         assert_eq!(names[best], want, "query {query:?}");
     }
 }
@@ -119,7 +171,10 @@ fn a_corrupt_model_file_is_named_in_the_error() {
     bytes[mid] ^= 0x40;
     std::fs::write(d.join("text.onnx"), bytes).unwrap();
     let e = Bundle::open(&d).unwrap_err().to_string();
-    assert!(e.contains("text.onnx") && e.contains("sha256 mismatch"), "{e}");
+    assert!(
+        e.contains("text.onnx") && e.contains("sha256 mismatch"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -131,12 +186,19 @@ fn a_missing_file_or_bad_manifest_is_a_clear_error() {
 
     let d = copy_bundle("badfield");
     let toml = std::fs::read_to_string(d.join("bundle.toml")).unwrap();
-    std::fs::write(d.join("bundle.toml"), toml.replace("crop = 224", "crop = \"big\"")).unwrap();
+    std::fs::write(
+        d.join("bundle.toml"),
+        toml.replace("crop = 224", "crop = \"big\""),
+    )
+    .unwrap();
     let e = Bundle::open(&d).unwrap_err().to_string();
     assert!(e.contains("bundle.toml") && e.contains("crop"), "{e}");
 
     let e = Bundle::open(tempdir("empty")).unwrap_err().to_string();
-    assert!(e.contains("bundle.toml") && e.contains("models/README.md"), "{e}");
+    assert!(
+        e.contains("bundle.toml") && e.contains("models/README.md"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -148,7 +210,13 @@ fn a_model_that_is_not_onnx_fails_to_load_with_its_name() {
     let sum = moonlens::bundle::sha256_file(&d.join("image.onnx")).unwrap();
     let toml: String = toml
         .lines()
-        .map(|l| if l.starts_with("\"image.onnx\"") { format!("\"image.onnx\" = \"{sum}\"") } else { l.to_string() })
+        .map(|l| {
+            if l.starts_with("\"image.onnx\"") {
+                format!("\"image.onnx\" = \"{sum}\"")
+            } else {
+                l.to_string()
+            }
+        })
         .collect::<Vec<_>>()
         .join("\n");
     std::fs::write(d.join("bundle.toml"), toml).unwrap();
@@ -162,7 +230,9 @@ fn an_image_that_does_not_decode_is_a_clear_error() {
     let d = tempdir("badimg");
     let p = d.join("broken.png");
     std::fs::write(&p, b"\x89PNG\r\n\x1a\nthis is not really a png").unwrap();
-    let e = moonlens::host::eval::load_image(&p).unwrap_err().to_string();
+    let e = moonlens::host::eval::load_image(&p)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("broken.png"), "{e}");
 }
 
@@ -176,7 +246,11 @@ fn eval_on_the_tuxpaint_test_split_prints_recall() {
         .arg(data.join("pairs/test.jsonl"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8(out.stdout).unwrap();
     let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     eprintln!("{last}");
@@ -191,10 +265,20 @@ fn eval_rejects_bad_pairs_files() {
     let d = tempdir("pairs");
     std::fs::write(d.join("empty.jsonl"), "").unwrap();
     std::fs::write(d.join("bad.jsonl"), "{\"image\": 3}\n").unwrap();
-    std::fs::write(d.join("missing.jsonl"), "{\"image\": \"nope.png\", \"text\": \"a cat\"}\n").unwrap();
+    std::fs::write(
+        d.join("missing.jsonl"),
+        "{\"image\": \"nope.png\", \"text\": \"a cat\"}\n",
+    )
+    .unwrap();
     let enc = encoder();
-    for (f, want) in [("empty.jsonl", "no pairs"), ("bad.jsonl", "bad.jsonl:1"), ("missing.jsonl", "does not exist")] {
-        let e = moonlens::host::eval::eval(enc, &d.join(f)).unwrap_err().to_string();
+    for (f, want) in [
+        ("empty.jsonl", "no pairs"),
+        ("bad.jsonl", "bad.jsonl:1"),
+        ("missing.jsonl", "does not exist"),
+    ] {
+        let e = moonlens::host::eval::eval(enc, &d.join(f))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(want), "{f}: {e}");
     }
 }

@@ -18,7 +18,14 @@ fn filled(name: &str, capacity: u64, n: u64) -> (Index, std::path::PathBuf) {
     idx.set_durable(false);
     for seq in 1..=n {
         let src = if seq % 3 == 0 { "cam1" } else { "cam0" };
-        idx.append(seq as i64 * 1000, src, &format!("f{seq}"), &embedding_for(seq), &thumb_for(seq)).unwrap();
+        idx.append(
+            seq as i64 * 1000,
+            src,
+            &format!("f{seq}"),
+            &embedding_for(seq),
+            &thumb_for(seq),
+        )
+        .unwrap();
     }
     (idx, d)
 }
@@ -33,22 +40,37 @@ fn rankings_equal_an_f32_reference_on_the_dequantized_vectors() {
         let mut all: Vec<(f64, u64)> = (1..=3000u64)
             .map(|s| {
                 let e = idx.get(s).unwrap().dequantized();
-                (q.iter().zip(&e).map(|(a, b)| *a as f64 * *b as f64).sum(), s)
+                (
+                    q.iter().zip(&e).map(|(a, b)| *a as f64 * *b as f64).sum(),
+                    s,
+                )
             })
             .collect();
         all.sort_by(|a, b| b.0.total_cmp(&a.0));
         assert_eq!(hits.len(), 10);
         for (h, r) in hits.iter().zip(&all) {
-            assert!((h.score as f64 - r.0).abs() < 1e-4, "score {} vs {}", h.score, r.0);
+            assert!(
+                (h.score as f64 - r.0).abs() < 1e-4,
+                "score {} vs {}",
+                h.score,
+                r.0
+            );
             if h.seq != r.1 {
                 // only a tie may reorder
                 let own = all.iter().find(|x| x.1 == h.seq).unwrap().0;
-                assert!((own - r.0).abs() < 1e-4, "rank differs beyond a tie: {h:?} vs {r:?}");
+                assert!(
+                    (own - r.0).abs() < 1e-4,
+                    "rank differs beyond a tie: {h:?} vs {r:?}"
+                );
             }
         }
         // quantization keeps the cosine close to f32 on the original vectors
         let best = idx.get(hits[0].seq).unwrap();
-        let f32cos: f32 = q.iter().zip(embedding_for(best.seq)).map(|(a, b)| a * b).sum();
+        let f32cos: f32 = q
+            .iter()
+            .zip(embedding_for(best.seq))
+            .map(|(a, b)| a * b)
+            .sum();
         assert!((f32cos - hits[0].score).abs() < 5e-3);
     }
 }
@@ -60,7 +82,10 @@ fn the_ring_overwrites_the_oldest_and_stays_bounded() {
     assert!(idx.get(70).is_none() && idx.get(1).is_none());
     assert_eq!(idx.get(71).unwrap().label, "f71");
     let size = std::fs::metadata(d.join("index.ml")).unwrap().len();
-    assert_eq!(size, (HEADER_SIZE + 50 * moonlens::index::slot_size(DIM)) as u64);
+    assert_eq!(
+        size,
+        (HEADER_SIZE + 50 * moonlens::index::slot_size(DIM)) as u64
+    );
     let hits = idx.search(&embedding_for(5), K_MAX + 50, &Filter::default());
     assert_eq!(hits.len(), 50.min(K_MAX));
     assert!(hits.iter().all(|h| h.seq > 70));
@@ -75,11 +100,18 @@ fn the_ring_overwrites_the_oldest_and_stays_bounded() {
 fn filters_by_time_and_source() {
     let (idx, _) = filled("filter", 100, 100);
     let q = embedding_for(3);
-    let f = Filter { since_ms: Some(50_000), until_ms: Some(80_000), source: None };
+    let f = Filter {
+        since_ms: Some(50_000),
+        until_ms: Some(80_000),
+        source: None,
+    };
     let hits = idx.search(&q, 100, &f);
     assert_eq!(hits.len(), 31);
     assert!(hits.iter().all(|h| (50..=80).contains(&h.seq)));
-    let f = Filter { source: Some("cam1".into()), ..Default::default() };
+    let f = Filter {
+        source: Some("cam1".into()),
+        ..Default::default()
+    };
     let hits = idx.search(&q, 100, &f);
     assert_eq!(hits.len(), 33);
     assert!(hits.iter().all(|h| h.seq % 3 == 0));
@@ -90,9 +122,18 @@ fn filters_by_time_and_source() {
 fn an_index_of_another_bundle_is_refused_with_what_to_do() {
     let (idx, d) = filled("bound", 10, 3);
     drop(idx);
-    let e = Index::open_or_create(&d, DIM, 10, [8u8; 32]).err().unwrap().to_string();
-    assert!(e.contains("another model bundle") && e.contains("re-index"), "{e}");
-    let e = Index::open_or_create(&d, 512, 10, BUNDLE).err().unwrap().to_string();
+    let e = Index::open_or_create(&d, DIM, 10, [8u8; 32])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("another model bundle") && e.contains("re-index"),
+        "{e}"
+    );
+    let e = Index::open_or_create(&d, 512, 10, BUNDLE)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("384"), "{e}");
 }
 
@@ -125,7 +166,14 @@ fn readers_never_see_a_torn_entry_while_the_writer_appends() {
         })
         .collect();
     for seq in 1..=3000u64 {
-        idx.append(seq as i64, "cam0", &format!("f{seq}"), &embedding_for(seq), &thumb_for(seq)).unwrap();
+        idx.append(
+            seq as i64,
+            "cam0",
+            &format!("f{seq}"),
+            &embedding_for(seq),
+            &thumb_for(seq),
+        )
+        .unwrap();
     }
     stop.store(true, Ordering::Relaxed);
     let checked: u64 = readers.into_iter().map(|r| r.join().unwrap()).sum();
@@ -145,24 +193,49 @@ fn bit_flips_are_detected_reported_and_never_served() {
     let ss = moonlens::index::slot_size(DIM);
     let bad = [3usize, 17, 40];
     for (i, &slot) in bad.iter().enumerate() {
-        flip(&d.join("index.ml"), HEADER_SIZE + slot * ss + [5, 60, 200][i]);
+        flip(
+            &d.join("index.ml"),
+            HEADER_SIZE + slot * ss + [5, 60, 200][i],
+        );
     }
     let r = Index::verify(&d).unwrap();
     assert_eq!((r.entries, r.corrupt, r.capacity), (61, 3, 64));
     assert_eq!(r.corrupt_slots, vec![3, 17, 40]);
     let bin = env!("CARGO_BIN_EXE_moonlensd");
-    let out = std::process::Command::new(bin).args(["verify", "--index"]).arg(&d).output().unwrap();
-    assert_eq!(out.status.code(), Some(2), "verify must exit non-zero on corruption");
+    let out = std::process::Command::new(bin)
+        .args(["verify", "--index"])
+        .arg(&d)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "verify must exit non-zero on corruption"
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!((v["entries"].as_u64(), v["corrupt"].as_u64(), v["capacity"].as_u64()), (Some(61), Some(3), Some(64)));
+    assert_eq!(
+        (
+            v["entries"].as_u64(),
+            v["corrupt"].as_u64(),
+            v["capacity"].as_u64()
+        ),
+        (Some(61), Some(3), Some(64))
+    );
 
     let idx = Index::open(&d).unwrap();
     assert_eq!(idx.report().corrupt, 3);
     for s in [4u64, 18, 41] {
         assert!(idx.get(s).is_none());
-        assert!(idx.search(&embedding_for(s), 5, &Filter::default()).iter().all(|h| h.seq != s));
+        assert!(idx
+            .search(&embedding_for(s), 5, &Filter::default())
+            .iter()
+            .all(|h| h.seq != s));
     }
-    assert_eq!(idx.search(&embedding_for(5), 1, &Filter::default())[0].seq, 5, "the rest is served");
+    assert_eq!(
+        idx.search(&embedding_for(5), 1, &Filter::default())[0].seq,
+        5,
+        "the rest is served"
+    );
 
     // a flipped thumbnail: the entry is served without it
     drop(idx);
@@ -178,19 +251,28 @@ fn truncation_and_bad_headers_are_clear() {
     let (idx, d) = filled("trunc", 64, 64);
     drop(idx);
     let ss = moonlens::index::slot_size(DIM);
-    let f = std::fs::OpenOptions::new().write(true).open(d.join("index.ml")).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(d.join("index.ml"))
+        .unwrap();
     f.set_len((HEADER_SIZE + 20 * ss + ss / 2) as u64).unwrap();
     drop(f);
     let r = Index::verify(&d).unwrap();
     assert_eq!((r.entries, r.corrupt), (20, 44));
     let idx = Index::open(&d).unwrap();
     assert_eq!(idx.len(), 20);
-    assert_eq!(idx.search(&embedding_for(7), 1, &Filter::default())[0].seq, 7);
+    assert_eq!(
+        idx.search(&embedding_for(7), 1, &Filter::default())[0].seq,
+        7
+    );
     drop(idx);
 
     flip(&d.join("index.ml"), 13);
     let e = Index::open(&d).err().unwrap().to_string();
-    assert!(e.contains("header checksum") && e.contains("re-index"), "{e}");
+    assert!(
+        e.contains("header checksum") && e.contains("re-index"),
+        "{e}"
+    );
     std::fs::write(d.join("index.ml"), b"hello").unwrap();
     let e = Index::open(&d).err().unwrap().to_string();
     assert!(e.contains("not an index or truncated"), "{e}");
@@ -224,7 +306,9 @@ fn every_acknowledged_entry_survives_sigkill() {
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         for _ in 0..wait_lines {
             match lines.next() {
-                Some(Ok(l)) => max_acked = max_acked.max(l.trim_start_matches("acked ").parse().unwrap()),
+                Some(Ok(l)) => {
+                    max_acked = max_acked.max(l.trim_start_matches("acked ").parse().unwrap())
+                }
                 _ => break,
             }
         }
@@ -236,22 +320,39 @@ fn every_acknowledged_entry_survives_sigkill() {
             max_acked = max_acked.max(l.trim_start_matches("acked ").parse().unwrap());
         }
         let idx = Index::open(&d).unwrap();
-        assert!(idx.head() >= max_acked, "head {} < acknowledged {max_acked}", idx.head());
+        assert!(
+            idx.head() >= max_acked,
+            "head {} < acknowledged {max_acked}",
+            idx.head()
+        );
         // The ring keeps the last `capacity` entries; an append cut short by the kill may
         // already have begun overwriting the oldest of them (its eviction was intended).
         let first_guaranteed = (idx.head() + 2).saturating_sub(capacity).max(1);
         for seq in first_guaranteed..=max_acked {
-            let e = idx.get(seq).unwrap_or_else(|| panic!("acknowledged entry {seq} lost"));
+            let e = idx
+                .get(seq)
+                .unwrap_or_else(|| panic!("acknowledged entry {seq} lost"));
             let (want, _) = moonlens::index::quantize(&embedding_for(seq));
             assert_eq!(e.embedding, want);
             assert_eq!(e.label, format!("frame-{seq}"));
         }
         for h in idx.search(&embedding_for(max_acked), K_MAX, &Filter::default()) {
-            let e = idx.get(h.seq).expect("search returned an entry that does not read back");
-            assert_eq!(e.embedding, moonlens::index::quantize(&embedding_for(h.seq)).0);
+            let e = idx
+                .get(h.seq)
+                .expect("search returned an entry that does not read back");
+            assert_eq!(
+                e.embedding,
+                moonlens::index::quantize(&embedding_for(h.seq)).0
+            );
         }
-        assert!(idx.report().corrupt <= 1, "more than the one slot being written is torn");
+        assert!(
+            idx.report().corrupt <= 1,
+            "more than the one slot being written is torn"
+        );
     }
     assert_eq!(kills, 200);
-    assert!(max_acked > 200, "the writer made too little progress ({max_acked})");
+    assert!(
+        max_acked > 200,
+        "the writer made too little progress ({max_acked})"
+    );
 }

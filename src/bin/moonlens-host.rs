@@ -57,6 +57,8 @@ fn run() -> Result<()> {
                 args.number("count", u64::MAX)?,
             )
         }
-        _ => Err(moonlens::Error::new(format!("unknown command {cmd:?}\n{USAGE}"))),
+        _ => Err(moonlens::Error::new(format!(
+            "unknown command {cmd:?}\n{USAGE}"
+        ))),
     }
 }

@@ -54,8 +54,14 @@ fn daemon(a: Args) -> Result<i32> {
     };
     cfg.apply_args(&a)?;
     let (shared, socket) = moonlens::daemon::start(&cfg)?;
-    if cfg.console.unwrap_or_else(|| std::io::stdin().is_terminal()) {
-        eprintln!("moonlens console: type help; queries also on {}", cfg.socket().display());
+    if cfg
+        .console
+        .unwrap_or_else(|| std::io::stdin().is_terminal())
+    {
+        eprintln!(
+            "moonlens console: type help; queries also on {}",
+            cfg.socket().display()
+        );
         moonlens::daemon::transport::serve_stdio(shared);
         return Ok(0);
     }
@@ -73,7 +79,9 @@ fn query(a: Args) -> Result<i32> {
     let k: usize = a.number("k", 5)?;
     let path = a.get("socket").unwrap_or("var/moonlens.sock");
     let mut s = std::os::unix::net::UnixStream::connect(path).map_err(|e| {
-        moonlens::Error::new(format!("cannot connect to {path}: {e}; is moonlensd running (see README)?"))
+        moonlens::Error::new(format!(
+            "cannot connect to {path}: {e}; is moonlensd running (see README)?"
+        ))
     })?;
     let line = if a.flag("json") {
         serde_json::json!({"id": 1, "cmd": "search", "text": text, "k": k}).to_string()

@@ -33,20 +33,41 @@ pub struct Config {
 }
 
 pub const OPTIONS: &[&str] = &[
-    "bundle", "source", "index", "socket", "serial", "baud", "capacity", "fps", "width", "height", "loop",
-    "gate-pixels", "gate-embedding", "watch-cooldown-s", "console", "config", "no-console",
+    "bundle",
+    "source",
+    "index",
+    "socket",
+    "serial",
+    "baud",
+    "capacity",
+    "fps",
+    "width",
+    "height",
+    "loop",
+    "gate-pixels",
+    "gate-embedding",
+    "watch-cooldown-s",
+    "console",
+    "config",
+    "no-console",
 ];
 
 impl Config {
     pub fn from_file(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path).context(format_args!("cannot read config {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .context(format_args!("cannot read config {}", path.display()))?;
         toml::from_str(&text).context(format_args!("config {}", path.display()))
     }
 
     /// Command-line options override the file's.
     pub fn apply_args(&mut self, a: &Args) -> Result<()> {
         let num = |n: &str| -> Result<Option<f64>> {
-            a.get(n).map(|v| v.parse::<f64>().map_err(|_| crate::Error::new(format!("--{n} {v:?} is not a number")))).transpose()
+            a.get(n)
+                .map(|v| {
+                    v.parse::<f64>()
+                        .map_err(|_| crate::Error::new(format!("--{n} {v:?} is not a number")))
+                })
+                .transpose()
         };
         if let Some(v) = a.get("bundle") {
             self.bundle = Some(v.into());
@@ -100,7 +121,9 @@ impl Config {
     }
 
     pub fn bundle(&self) -> PathBuf {
-        self.bundle.clone().unwrap_or_else(|| "models/default".into())
+        self.bundle
+            .clone()
+            .unwrap_or_else(|| "models/default".into())
     }
 
     pub fn source(&self) -> String {
@@ -118,6 +141,8 @@ impl Config {
     }
 
     pub fn socket(&self) -> PathBuf {
-        self.socket.clone().unwrap_or_else(|| "var/moonlens.sock".into())
+        self.socket
+            .clone()
+            .unwrap_or_else(|| "var/moonlens.sock".into())
     }
 }

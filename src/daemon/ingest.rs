@@ -29,8 +29,14 @@ pub struct Gates {
 }
 
 impl Gates {
-    pub const OFF: Gates = Gates { pixel_diff: 0.0, embedding_cos: 1.0 };
-    pub const CAMERA: Gates = Gates { pixel_diff: 2.0, embedding_cos: 0.985 };
+    pub const OFF: Gates = Gates {
+        pixel_diff: 0.0,
+        embedding_cos: 1.0,
+    };
+    pub const CAMERA: Gates = Gates {
+        pixel_diff: 2.0,
+        embedding_cos: 0.985,
+    };
 }
 
 struct Queued {
@@ -48,7 +54,9 @@ pub fn thumbnail(img: &DynamicImage) -> Vec<u8> {
     let t = img.thumbnail(THUMB_SIDE, THUMB_SIDE).to_rgb8();
     for quality in [80, 60, 40] {
         let mut out = Vec::new();
-        let ok = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality).encode_image(&t).is_ok();
+        let ok = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality)
+            .encode_image(&t)
+            .is_ok();
         if ok && out.len() <= crate::index::THUMB_SLOT {
             return out;
         }
@@ -86,7 +94,12 @@ pub fn start(shared: Arc<Shared>, mut source: Box<dyn FrameSource>, gates: Gates
                         if pixel_gate > 0.0 {
                             let mini = miniature(&f.image);
                             if let Some(prev) = &last_mini {
-                                let diff = prev.iter().zip(&mini).map(|(a, b)| a.abs_diff(*b) as f32).sum::<f32>() / mini.len() as f32;
+                                let diff = prev
+                                    .iter()
+                                    .zip(&mini)
+                                    .map(|(a, b)| a.abs_diff(*b) as f32)
+                                    .sum::<f32>()
+                                    / mini.len() as f32;
                                 if diff < pixel_gate {
                                     s.counters.gated.fetch_add(1, Relaxed);
                                     continue;
@@ -94,7 +107,11 @@ pub fn start(shared: Arc<Shared>, mut source: Box<dyn FrameSource>, gates: Gates
                             }
                             last_mini = Some(mini);
                         }
-                        let q = Queued { image: f.image, label: f.label, ts_ms: f.ts_ms };
+                        let q = Queued {
+                            image: f.image,
+                            label: f.label,
+                            ts_ms: f.ts_ms,
+                        };
                         if live {
                             if let Err(TrySendError::Full(_)) = tx.try_send(q) {
                                 s.counters.dropped.fetch_add(1, Relaxed);
@@ -131,7 +148,9 @@ fn encode_loop(s: Arc<Shared>, rx: Receiver<Queued>, source_id: &str, embedding_
             Ok(e) => e,
             Err(e) => {
                 log::error!("encoding failed, {} frame(s) lost: {e}", batch.len());
-                s.counters.source_errors.fetch_add(batch.len() as u64, Relaxed);
+                s.counters
+                    .source_errors
+                    .fetch_add(batch.len() as u64, Relaxed);
                 continue;
             }
         };
@@ -148,10 +167,23 @@ fn encode_loop(s: Arc<Shared>, rx: Receiver<Queued>, source_id: &str, embedding_
                 Ok(seq) => {
                     s.counters.ingested.fetch_add(1, Relaxed);
                     log::debug!("stored frame {seq} ({})", q.label);
-                    let fired = s.watches.lock().expect("watches").observe(&emb, Instant::now());
+                    let fired = s
+                        .watches
+                        .lock()
+                        .expect("watches")
+                        .observe(&emb, Instant::now());
                     for (watch, score) in fired {
-                        let hit = HitView { id: seq, score, ts_ms: q.ts_ms, source: source_id.into(), label: q.label.clone() };
-                        log::info!("watch {watch} matched frame {seq} ({}) at {score:.3}", q.label);
+                        let hit = HitView {
+                            id: seq,
+                            score,
+                            ts_ms: q.ts_ms,
+                            source: source_id.into(),
+                            label: q.label.clone(),
+                        };
+                        log::info!(
+                            "watch {watch} matched frame {seq} ({}) at {score:.3}",
+                            q.label
+                        );
                         s.push_match(watch, &hit);
                     }
                     last = Some(emb);

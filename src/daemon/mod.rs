@@ -56,7 +56,12 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(encoder: Encoder, index: Index, source_id: &str, watch_cooldown: std::time::Duration) -> Shared {
+    pub fn new(
+        encoder: Encoder,
+        index: Index,
+        source_id: &str,
+        watch_cooldown: std::time::Duration,
+    ) -> Shared {
         Shared {
             encoder,
             index,
@@ -90,12 +95,18 @@ impl Shared {
 
     pub fn subscribe(&self, json: Arc<AtomicBool>, outbox: SyncSender<String>) -> u64 {
         let id = self.next_subscriber.fetch_add(1, Relaxed);
-        self.subscribers.lock().expect("subscribers").push(Subscriber { id, json, outbox });
+        self.subscribers
+            .lock()
+            .expect("subscribers")
+            .push(Subscriber { id, json, outbox });
         id
     }
 
     pub fn unsubscribe(&self, id: u64) {
-        self.subscribers.lock().expect("subscribers").retain(|s| s.id != id);
+        self.subscribers
+            .lock()
+            .expect("subscribers")
+            .retain(|s| s.id != id);
     }
 
     /// Push a `+MATCH` to every client; a client whose outbox is full loses the push (counted).
@@ -111,7 +122,13 @@ impl Shared {
     fn hits(&self, hits: Vec<crate::index::search::Hit>) -> Vec<HitView> {
         hits.into_iter()
             .filter_map(|h| {
-                self.index.get(h.seq).map(|e| HitView { id: h.seq, score: h.score, ts_ms: e.ts_ms, source: e.source, label: e.label })
+                self.index.get(h.seq).map(|e| HitView {
+                    id: h.seq,
+                    score: h.score,
+                    ts_ms: e.ts_ms,
+                    source: e.source,
+                    label: e.label,
+                })
             })
             .collect()
     }
@@ -135,25 +152,37 @@ impl Shared {
     pub fn handle(&self, req: &Request) -> Response {
         let t0 = Instant::now();
         match &req.cmd {
-            Command::Search { text, k, since_s, source } => {
+            Command::Search {
+                text,
+                k,
+                since_s,
+                source,
+            } => {
                 let q = match self.with_slot(|| self.encoder.embed_text(text)) {
                     Ok(q) => q,
                     Err(e) => return Response::Error(format!("cannot encode the query: {e}")),
                 };
                 let filter = Filter {
-                    since_ms: since_s.map(|s| crate::source::now_ms() - (s as i64).saturating_mul(1000)),
+                    since_ms: since_s
+                        .map(|s| crate::source::now_ms() - (s as i64).saturating_mul(1000)),
                     until_ms: None,
                     source: source.clone(),
                 };
                 let hits = self.hits(self.index.search(&q, *k, &filter));
-                Response::Hits { hits, ms: t0.elapsed().as_secs_f64() * 1e3 }
+                Response::Hits {
+                    hits,
+                    ms: t0.elapsed().as_secs_f64() * 1e3,
+                }
             }
             Command::Similar { id, k } => match self.index.get(*id) {
                 None => Response::Error(format!("no frame {id} (it may have left the ring)")),
                 Some(e) => {
                     let q = e.dequantized();
                     let hits = self.hits(self.index.search(&q, *k, &Filter::default()));
-                    Response::Hits { hits, ms: t0.elapsed().as_secs_f64() * 1e3 }
+                    Response::Hits {
+                        hits,
+                        ms: t0.elapsed().as_secs_f64() * 1e3,
+                    }
                 }
             },
             Command::Thumb { id } => match self.index.get_with_thumb(*id) {
@@ -170,9 +199,15 @@ impl Shared {
                     Err(e) => Response::Error(e),
                 },
             },
-            Command::WatchList => {
-                Response::Watches(self.watches.lock().expect("watches").list.iter().map(|w| (w.n, w.text.clone())).collect())
-            }
+            Command::WatchList => Response::Watches(
+                self.watches
+                    .lock()
+                    .expect("watches")
+                    .list
+                    .iter()
+                    .map(|w| (w.n, w.text.clone()))
+                    .collect(),
+            ),
             Command::WatchDel { n } => {
                 if self.watches.lock().expect("watches").remove(*n) {
                     Response::Done
@@ -204,9 +239,23 @@ pub fn start(cfg: &config::Config) -> crate::Result<(Arc<Shared>, std::thread::J
     use crate::error::Context;
     let bundle = crate::bundle::Bundle::open(cfg.bundle())?;
     let encoder = Encoder::load(&bundle)?;
-    log::info!("bundle {} loaded in {} ms", bundle.manifest.name, encoder.load_time.as_millis());
-    let index = Index::open_or_create(&cfg.index(), encoder.dim(), cfg.capacity.unwrap_or(10_000), bundle.id)?;
-    log::info!("index {}: {} entries of {}", cfg.index().display(), index.len(), index.header().capacity);
+    log::info!(
+        "bundle {} loaded in {} ms",
+        bundle.manifest.name,
+        encoder.load_time.as_millis()
+    );
+    let index = Index::open_or_create(
+        &cfg.index(),
+        encoder.dim(),
+        cfg.capacity.unwrap_or(10_000),
+        bundle.id,
+    )?;
+    log::info!(
+        "index {}: {} entries of {}",
+        cfg.index().display(),
+        index.len(),
+        index.header().capacity
+    );
     let spec = cfg.source();
     let live = spec.starts_with("v4l:");
     let opts = crate::source::SourceOptions {
@@ -216,7 +265,11 @@ pub fn start(cfg: &config::Config) -> crate::Result<(Arc<Shared>, std::thread::J
         looping: cfg.looping.unwrap_or(false),
     };
     let source = crate::source::open(&spec, &opts)?;
-    let defaults = if live { ingest::Gates::CAMERA } else { ingest::Gates::OFF };
+    let defaults = if live {
+        ingest::Gates::CAMERA
+    } else {
+        ingest::Gates::OFF
+    };
     let gates = ingest::Gates {
         pixel_diff: cfg.gate_pixels.unwrap_or(defaults.pixel_diff),
         embedding_cos: cfg.gate_embedding.unwrap_or(defaults.embedding_cos),
@@ -228,9 +281,15 @@ pub fn start(cfg: &config::Config) -> crate::Result<(Arc<Shared>, std::thread::J
     ingest::start(shared.clone(), source, gates);
     if let Some(dev) = &cfg.serial {
         let (s, d, b) = (shared.clone(), dev.clone(), cfg.baud.unwrap_or(115_200));
-        std::thread::Builder::new().name("serial".into()).spawn(move || transport::serve_serial(s, d, b)).context("spawn serial")?;
+        std::thread::Builder::new()
+            .name("serial".into())
+            .spawn(move || transport::serve_serial(s, d, b))
+            .context("spawn serial")?;
     }
     let s = shared.clone();
-    let sock = std::thread::Builder::new().name("socket".into()).spawn(move || transport::serve_socket(s, listener)).context("spawn socket")?;
+    let sock = std::thread::Builder::new()
+        .name("socket".into())
+        .spawn(move || transport::serve_socket(s, listener))
+        .context("spawn socket")?;
     Ok((shared, sock))
 }

@@ -14,18 +14,29 @@ use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 
 /// Serve one connection until its reader ends.
-pub fn session<R: Read, W: Write + Send + 'static>(shared: &Shared, mut reader: R, mut writer: W, name: &str) {
+pub fn session<R: Read, W: Write + Send + 'static>(
+    shared: &Shared,
+    mut reader: R,
+    mut writer: W,
+    name: &str,
+) {
     let (tx, rx) = sync_channel::<String>(OUTBOX);
     let writer_thread = std::thread::Builder::new()
         .name(format!("out-{name}"))
         .spawn(move || {
             for s in rx {
-                if writer.write_all(s.as_bytes()).and_then(|_| writer.flush()).is_err() {
+                if writer
+                    .write_all(s.as_bytes())
+                    .and_then(|_| writer.flush())
+                    .is_err()
+                {
                     break;
                 }
             }
         });
-    let Ok(writer_thread) = writer_thread else { return };
+    let Ok(writer_thread) = writer_thread else {
+        return;
+    };
     let json = Arc::new(AtomicBool::new(false));
     let sub = shared.subscribe(json.clone(), tx.clone());
     let mut lb = LineBuffer::default();
@@ -35,7 +46,14 @@ pub fn session<R: Read, W: Write + Send + 'static>(shared: &Shared, mut reader: 
         let n = match reader.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
-            Err(e) if matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock | ErrorKind::Interrupted) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::TimedOut | ErrorKind::WouldBlock | ErrorKind::Interrupted
+                ) =>
+            {
+                continue
+            }
             Err(e) => {
                 log::debug!("{name}: read failed: {e}");
                 break;
@@ -44,7 +62,10 @@ pub fn session<R: Read, W: Write + Send + 'static>(shared: &Shared, mut reader: 
         lb.push(&buf[..n], &mut lines);
         for line in lines.drain(..) {
             let reply = match line {
-                Line::TooLong => render(&Form::Human, &Response::Error(format!("line longer than {MAX_LINE} bytes, skipped"))),
+                Line::TooLong => render(
+                    &Form::Human,
+                    &Response::Error(format!("line longer than {MAX_LINE} bytes, skipped")),
+                ),
                 Line::Text(t) if t.iter().all(|b| b.is_ascii_whitespace()) => continue,
                 Line::Text(t) => {
                     let (reply, is_json) = shared.answer(&t);
@@ -66,16 +87,21 @@ pub fn session<R: Read, W: Write + Send + 'static>(shared: &Shared, mut reader: 
 pub fn bind(path: &Path) -> Result<UnixListener> {
     if path.exists() {
         if UnixStream::connect(path).is_ok() {
-            crate::bail!("{} is in use by a running daemon; stop it or pass another --socket", path.display());
+            crate::bail!(
+                "{} is in use by a running daemon; stop it or pass another --socket",
+                path.display()
+            );
         }
-        std::fs::remove_file(path).context(format_args!("removing stale socket {}", path.display()))?;
+        std::fs::remove_file(path)
+            .context(format_args!("removing stale socket {}", path.display()))?;
     }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).context(format_args!("creating {}", dir.display()))?;
     }
     let l = UnixListener::bind(path).context(format_args!("cannot bind {}", path.display()))?;
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).context("chmod 0660 on the socket")?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .context("chmod 0660 on the socket")?;
     Ok(l)
 }
 
@@ -89,13 +115,15 @@ pub fn serve_socket(shared: Arc<Shared>, listener: UnixListener) {
             continue;
         }
         let s = shared.clone();
-        let spawned = std::thread::Builder::new().name("client".into()).spawn(move || {
-            if let Ok(w) = stream.try_clone() {
-                let _ = w.set_write_timeout(Some(std::time::Duration::from_secs(10)));
-                session(&s, &stream, w, "socket");
-            }
-            s.clients.fetch_sub(1, Relaxed);
-        });
+        let spawned = std::thread::Builder::new()
+            .name("client".into())
+            .spawn(move || {
+                if let Ok(w) = stream.try_clone() {
+                    let _ = w.set_write_timeout(Some(std::time::Duration::from_secs(10)));
+                    session(&s, &stream, w, "socket");
+                }
+                s.clients.fetch_sub(1, Relaxed);
+            });
         if spawned.is_err() {
             shared.clients.fetch_sub(1, Relaxed);
         }
@@ -107,7 +135,10 @@ pub fn serve_socket(shared: Arc<Shared>, listener: UnixListener) {
 pub fn serve_serial(shared: Arc<Shared>, device: String, baud: u32) {
     let mut backoff = std::time::Duration::from_millis(500);
     loop {
-        match serialport::new(&device, baud).timeout(std::time::Duration::from_millis(200)).open() {
+        match serialport::new(&device, baud)
+            .timeout(std::time::Duration::from_millis(200))
+            .open()
+        {
             Ok(port) => {
                 backoff = std::time::Duration::from_millis(500);
                 log::info!("serial console on {device} at {baud} baud");

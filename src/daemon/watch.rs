@@ -30,7 +30,11 @@ pub struct Watches {
 
 impl Watches {
     pub fn new(cooldown: Duration) -> Watches {
-        Watches { list: Vec::new(), next_n: 1, cooldown }
+        Watches {
+            list: Vec::new(),
+            next_n: 1,
+            cooldown,
+        }
     }
 
     pub fn add(&mut self, text: String, embedding: Vec<f32>) -> Result<u32, String> {
@@ -39,7 +43,13 @@ impl Watches {
         }
         let n = self.next_n;
         self.next_n += 1;
-        self.list.push(Watch { n, text, embedding, history: VecDeque::with_capacity(HISTORY), last_fire: None });
+        self.list.push(Watch {
+            n,
+            text,
+            embedding,
+            history: VecDeque::with_capacity(HISTORY),
+            last_fire: None,
+        });
         Ok(n)
     }
 
@@ -55,7 +65,10 @@ impl Watches {
         let mut fired = Vec::new();
         for w in &mut self.list {
             let score: f32 = w.embedding.iter().zip(embedding).map(|(a, b)| a * b).sum();
-            if w.unusual(score) && w.last_fire.is_none_or(|t| now.duration_since(t) >= cooldown) {
+            if w.unusual(score)
+                && w.last_fire
+                    .is_none_or(|t| now.duration_since(t) >= cooldown)
+            {
                 w.last_fire = Some(now);
                 fired.push((w.n, score));
             }
@@ -91,11 +104,21 @@ mod tests {
         let t = Instant::now();
         for i in 0..40 {
             let s = 0.2 + (i % 5) as f32 * 0.01;
-            assert!(w.observe(&[s, 0.0], t).is_empty(), "ordinary frame {i} fired");
+            assert!(
+                w.observe(&[s, 0.0], t).is_empty(),
+                "ordinary frame {i} fired"
+            );
         }
         assert_eq!(w.observe(&[0.5, 0.0], t), vec![(1, 0.5)]);
-        assert!(w.observe(&[0.9, 0.0], t + Duration::from_secs(1)).is_empty(), "cooldown");
-        assert_eq!(w.observe(&[0.95, 0.0], t + Duration::from_secs(61)).len(), 1);
+        assert!(
+            w.observe(&[0.9, 0.0], t + Duration::from_secs(1))
+                .is_empty(),
+            "cooldown"
+        );
+        assert_eq!(
+            w.observe(&[0.95, 0.0], t + Duration::from_secs(61)).len(),
+            1
+        );
     }
 
     #[test]

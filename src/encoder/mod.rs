@@ -37,7 +37,12 @@ fn onnx_model(path: &std::path::Path) -> Result<InferenceModel> {
     tract_onnx::onnx()
         .with_ignore_value_info(true)
         .model_for_path(path)
-        .map_err(|e| Error::new(format!("{}: not a loadable ONNX model: {e:#}", path.display())))
+        .map_err(|e| {
+            Error::new(format!(
+                "{}: not a loadable ONNX model: {e:#}",
+                path.display()
+            ))
+        })
 }
 
 fn image_plan(model: &TypedModel, batch: usize) -> Result<Plan> {
@@ -82,8 +87,9 @@ impl Encoder {
             .map_err(|e| Error::new(format!("{}: {e:#}", text_path.display())))?;
 
         let tok_path = bundle.path(&m.text.tokenizer);
-        let mut tokenizer = Tokenizer::from_file(&tok_path)
-            .map_err(|e| Error::new(format!("{}: not a tokenizer.json: {e}", tok_path.display())))?;
+        let mut tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| {
+            Error::new(format!("{}: not a tokenizer.json: {e}", tok_path.display()))
+        })?;
         tokenizer.with_padding(None);
         tokenizer
             .with_truncation(Some(tokenizers::TruncationParams {

@@ -45,7 +45,14 @@ pub fn search(entries: usize, queries: usize, json: bool) -> Result<()> {
     let base = unit_vectors(64, dim, 7);
     for (i, s) in slots.chunks_exact_mut(ss).enumerate() {
         let (q, scale) = quantize(&base[i % base.len()]);
-        let e = Entry { seq: i as u64 + 1, ts_ms: i as i64, source: "bench".into(), label: String::new(), scale, embedding: q };
+        let e = Entry {
+            seq: i as u64 + 1,
+            ts_ms: i as i64,
+            source: "bench".into(),
+            label: String::new(),
+            scale,
+            embedding: q,
+        };
         encode_slot(&e, 0, 0, s);
         // vary the vectors a little so the heap sees churn
         s[crate::index::SLOT_FIXED + (i % dim)] = (i % 251) as u8;
@@ -68,7 +75,9 @@ pub fn search(entries: usize, queries: usize, json: bool) -> Result<()> {
     for _ in 0..lat.len().clamp(3, 20) {
         let t = Instant::now();
         let (words, _) = slots.as_chunks::<8>();
-        let s = words.iter().fold(0u64, |a, w| a.wrapping_add(u64::from_ne_bytes(*w)));
+        let s = words
+            .iter()
+            .fold(0u64, |a, w| a.wrapping_add(u64::from_ne_bytes(*w)));
         std::hint::black_box(s);
         base_ms.push(t.elapsed().as_secs_f64() * 1e3);
     }

@@ -25,7 +25,9 @@ pub fn embedding_for(seq: u64) -> Vec<f32> {
 }
 
 pub fn thumb_for(seq: u64) -> Vec<u8> {
-    (0..(seq % 200 + 1) as usize).map(|i| (seq as usize + i) as u8).collect()
+    (0..(seq % 200 + 1) as usize)
+        .map(|i| (seq as usize + i) as u8)
+        .collect()
 }
 
 pub fn writer(dir: &Path, capacity: u64, count: u64) -> Result<()> {
@@ -33,7 +35,13 @@ pub fn writer(dir: &Path, capacity: u64, count: u64) -> Result<()> {
     let out = std::io::stdout();
     for _ in 0..count {
         let seq = idx.head() + 1;
-        let got = idx.append(seq as i64, "crash", &format!("frame-{seq}"), &embedding_for(seq), &thumb_for(seq))?;
+        let got = idx.append(
+            seq as i64,
+            "crash",
+            &format!("frame-{seq}"),
+            &embedding_for(seq),
+            &thumb_for(seq),
+        )?;
         assert_eq!(got, seq);
         let mut o = out.lock();
         let _ = writeln!(o, "acked {seq}");

@@ -42,20 +42,35 @@ pub fn recall(ranks: &[usize]) -> Recall {
     } else {
         (sorted[n / 2 - 1] + sorted[n / 2]) as f64 / 2.0
     };
-    Recall { n, r1: at(1), r5: at(5), r10: at(10), median_rank }
+    Recall {
+        n,
+        r1: at(1),
+        r5: at(5),
+        r10: at(10),
+        median_rank,
+    }
 }
 
 pub fn load_image(path: &Path) -> Result<image::DynamicImage> {
     image::open(path).context(format_args!("cannot decode image {}", path.display()))
 }
 
-/// Embeddings of the gallery images and of the captions.
-pub fn embed_pairs(enc: &Encoder, pairs: &[Pair]) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>, Vec<usize>)> {
+/// Embeddings of the gallery images and of the captions, and each caption's image index.
+pub struct Embedded {
+    pub images: Vec<Vec<f32>>,
+    pub texts: Vec<Vec<f32>>,
+    pub truth: Vec<usize>,
+}
+
+pub fn embed_pairs(enc: &Encoder, pairs: &[Pair]) -> Result<Embedded> {
     let (images, truth) = pairs::gallery(pairs);
     let mut bar = Progress::new("images", images.len());
     let mut img_emb = Vec::with_capacity(images.len());
     for chunk in images.chunks(crate::encoder::IMAGE_BATCH) {
-        let decoded = chunk.iter().map(|p| load_image(p)).collect::<Result<Vec<_>>>()?;
+        let decoded = chunk
+            .iter()
+            .map(|p| load_image(p))
+            .collect::<Result<Vec<_>>>()?;
         img_emb.extend(enc.embed_images(&decoded)?);
         bar.inc(chunk.len());
     }
@@ -65,7 +80,11 @@ pub fn embed_pairs(enc: &Encoder, pairs: &[Pair]) -> Result<(Vec<Vec<f32>>, Vec<
         txt_emb.push(enc.embed_text(&p.text)?);
         bar.inc(1);
     }
-    Ok((img_emb, txt_emb, truth))
+    Ok(Embedded {
+        images: img_emb,
+        texts: txt_emb,
+        truth,
+    })
 }
 
 pub fn eval(enc: &Encoder, pairs_path: &Path) -> Result<Recall> {
@@ -79,8 +98,8 @@ pub fn eval(enc: &Encoder, pairs_path: &Path) -> Result<Recall> {
             );
         }
     }
-    let (img, txt, truth) = embed_pairs(enc, &pairs)?;
-    Ok(recall(&ranks(&txt, &img, &truth)))
+    let e = embed_pairs(enc, &pairs)?;
+    Ok(recall(&ranks(&e.texts, &e.images, &e.truth)))
 }
 
 #[cfg(test)]

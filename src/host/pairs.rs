@@ -18,7 +18,8 @@ struct Line {
 }
 
 pub fn read(path: &Path) -> Result<Vec<Pair>> {
-    let body = std::fs::read_to_string(path).context(format_args!("cannot read pairs file {}", path.display()))?;
+    let body = std::fs::read_to_string(path)
+        .context(format_args!("cannot read pairs file {}", path.display()))?;
     let base = path.parent().unwrap_or(Path::new("."));
     let mut out = Vec::new();
     for (i, line) in body.lines().enumerate() {
@@ -35,7 +36,10 @@ pub fn read(path: &Path) -> Result<Vec<Pair>> {
         if l.text.trim().is_empty() {
             crate::bail!("{}:{}: empty caption", path.display(), i + 1);
         }
-        out.push(Pair { image: base.join(l.image), text: l.text });
+        out.push(Pair {
+            image: base.join(l.image),
+            text: l.text,
+        });
     }
     if out.is_empty() {
         crate::bail!("{}: no pairs (the file is empty)", path.display());

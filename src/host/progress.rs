@@ -15,8 +15,16 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(what: &str, total: usize) -> Progress {
-        let tty = std::io::stderr().is_terminal() || std::env::var_os("MOONLENS_PROGRESS").is_some();
-        Progress { what: what.to_string(), total, done: 0, start: Instant::now(), tty, last_decile: 0 }
+        let tty =
+            std::io::stderr().is_terminal() || std::env::var_os("MOONLENS_PROGRESS").is_some();
+        Progress {
+            what: what.to_string(),
+            total,
+            done: 0,
+            start: Instant::now(),
+            tty,
+            last_decile: 0,
+        }
     }
 
     pub fn inc(&mut self, n: usize) {
@@ -45,7 +53,10 @@ impl Progress {
             let decile = 10 * self.done / self.total.max(1);
             if decile > self.last_decile || self.done == self.total {
                 self.last_decile = decile;
-                eprintln!("{}: {}/{} ({:.1}/s)", self.what, self.done, self.total, rate);
+                eprintln!(
+                    "{}: {}/{} ({:.1}/s)",
+                    self.what, self.done, self.total, rate
+                );
             }
         }
     }

@@ -38,13 +38,19 @@ pub fn crc32(data: &[u8]) -> u32 {
         for (i, e) in t.iter_mut().enumerate() {
             let mut c = i as u32;
             for _ in 0..8 {
-                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
             }
             *e = c;
         }
         t
     });
-    !data.iter().fold(!0u32, |c, &b| t[((c ^ b as u32) & 0xFF) as usize] ^ (c >> 8))
+    !data.iter().fold(!0u32, |c, &b| {
+        t[((c ^ b as u32) & 0xFF) as usize] ^ (c >> 8)
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,7 +92,9 @@ impl Header {
             crate::bail!("index format version {version}, this build reads {VERSION}: re-index (delete the index directory)");
         }
         if u32_at(72) != crc32(&b[0..72]) {
-            crate::bail!("header checksum mismatch: the header is corrupt; move the index away and re-index");
+            crate::bail!(
+                "header checksum mismatch: the header is corrupt; move the index away and re-index"
+            );
         }
         let h = Header {
             dim: u32_at(12),
@@ -96,8 +104,17 @@ impl Header {
             bundle_id: b[32..64].try_into().expect("32 bytes"),
             created_ms: i64::from_le_bytes(b[64..72].try_into().expect("8 bytes")),
         };
-        if h.dim == 0 || h.dim > 4096 || h.slot_size as usize != slot_size(h.dim as usize) || h.capacity == 0 {
-            crate::bail!("header fields are inconsistent (dim {}, slot size {}, capacity {})", h.dim, h.slot_size, h.capacity);
+        if h.dim == 0
+            || h.dim > 4096
+            || h.slot_size as usize != slot_size(h.dim as usize)
+            || h.capacity == 0
+        {
+            crate::bail!(
+                "header fields are inconsistent (dim {}, slot size {}, capacity {})",
+                h.dim,
+                h.slot_size,
+                h.capacity
+            );
         }
         Ok(h)
     }
@@ -116,7 +133,10 @@ pub struct Entry {
 
 impl Entry {
     pub fn dequantized(&self) -> Vec<f32> {
-        self.embedding.iter().map(|&v| v as f32 * self.scale).collect()
+        self.embedding
+            .iter()
+            .map(|&v| v as f32 * self.scale)
+            .collect()
     }
 }
 
@@ -124,7 +144,12 @@ impl Entry {
 pub fn quantize(x: &[f32]) -> (Vec<i8>, f32) {
     let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
     let scale = if amax > 0.0 { amax / 127.0 } else { 1.0 };
-    (x.iter().map(|v| (v / scale).round().clamp(-127.0, 127.0) as i8).collect(), scale)
+    (
+        x.iter()
+            .map(|v| (v / scale).round().clamp(-127.0, 127.0) as i8)
+            .collect(),
+        scale,
+    )
 }
 
 fn put_str(dst: &mut [u8], s: &str) -> u8 {
@@ -147,7 +172,10 @@ pub fn encode_slot(e: &Entry, thumb_len: u32, thumb_crc: u32, out: &mut [u8]) {
     out[24..28].copy_from_slice(&thumb_crc.to_le_bytes());
     out[28] = put_str(&mut out[32..32 + SOURCE_MAX], &e.source);
     out[29] = put_str(&mut out[48..48 + LABEL_MAX], &e.label);
-    for (d, &v) in out[SLOT_FIXED..SLOT_FIXED + dim].iter_mut().zip(&e.embedding) {
+    for (d, &v) in out[SLOT_FIXED..SLOT_FIXED + dim]
+        .iter_mut()
+        .zip(&e.embedding)
+    {
         *d = v as u8;
     }
     let crc = crc32(&out[..SLOT_FIXED + dim]);
@@ -158,7 +186,11 @@ pub fn encode_slot(e: &Entry, thumb_len: u32, thumb_crc: u32, out: &mut [u8]) {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Slot {
     Empty,
-    Valid { entry: Entry, thumb_len: u32, thumb_crc: u32 },
+    Valid {
+        entry: Entry,
+        thumb_len: u32,
+        thumb_crc: u32,
+    },
     Corrupt(String),
 }
 
@@ -166,7 +198,11 @@ pub fn decode_slot(b: &[u8], dim: usize) -> Slot {
     if b.iter().all(|&x| x == 0) {
         return Slot::Empty;
     }
-    let crc = u32::from_le_bytes(b[SLOT_FIXED + dim..SLOT_FIXED + dim + 4].try_into().expect("4 bytes"));
+    let crc = u32::from_le_bytes(
+        b[SLOT_FIXED + dim..SLOT_FIXED + dim + 4]
+            .try_into()
+            .expect("4 bytes"),
+    );
     if crc != crc32(&b[..SLOT_FIXED + dim]) {
         return Slot::Corrupt("slot checksum mismatch".into());
     }
@@ -176,7 +212,10 @@ pub fn decode_slot(b: &[u8], dim: usize) -> Slot {
     if seq == 0 || sl > SOURCE_MAX || ll > LABEL_MAX || !scale.is_finite() {
         return Slot::Corrupt("slot fields out of range".into());
     }
-    let (Ok(source), Ok(label)) = (std::str::from_utf8(&b[32..32 + sl]), std::str::from_utf8(&b[48..48 + ll])) else {
+    let (Ok(source), Ok(label)) = (
+        std::str::from_utf8(&b[32..32 + sl]),
+        std::str::from_utf8(&b[48..48 + ll]),
+    ) else {
         return Slot::Corrupt("slot strings are not UTF-8".into());
     };
     Slot::Valid {
@@ -186,7 +225,10 @@ pub fn decode_slot(b: &[u8], dim: usize) -> Slot {
             source: source.to_string(),
             label: label.to_string(),
             scale,
-            embedding: b[SLOT_FIXED..SLOT_FIXED + dim].iter().map(|&v| v as i8).collect(),
+            embedding: b[SLOT_FIXED..SLOT_FIXED + dim]
+                .iter()
+                .map(|&v| v as i8)
+                .collect(),
         },
         thumb_len: u32::from_le_bytes(b[20..24].try_into().expect("4")),
         thumb_crc: u32::from_le_bytes(b[24..28].try_into().expect("4")),
@@ -243,8 +285,16 @@ fn open_rw(path: &Path, create: bool) -> Result<File> {
 impl Index {
     /// Open `dir`, creating an index of `capacity` entries if it has none. Fails when the
     /// existing index was written by another model bundle.
-    pub fn open_or_create(dir: &Path, dim: usize, capacity: u64, bundle_id: [u8; 32]) -> Result<Index> {
-        std::fs::create_dir_all(dir).context(format_args!("cannot create index directory {}", dir.display()))?;
+    pub fn open_or_create(
+        dir: &Path,
+        dim: usize,
+        capacity: u64,
+        bundle_id: [u8; 32],
+    ) -> Result<Index> {
+        std::fs::create_dir_all(dir).context(format_args!(
+            "cannot create index directory {}",
+            dir.display()
+        ))?;
         let ipath = dir.join("index.ml");
         if !ipath.exists() {
             let h = Header {
@@ -268,7 +318,11 @@ impl Index {
             );
         }
         if idx.header.dim as usize != dim {
-            crate::bail!("index {} holds {}-d embeddings, the bundle makes {dim}-d", dir.display(), idx.header.dim);
+            crate::bail!(
+                "index {} holds {}-d embeddings, the bundle makes {dim}-d",
+                dir.display(),
+                idx.header.dim
+            );
         }
         Ok(idx)
     }
@@ -281,13 +335,17 @@ impl Index {
         f.set_len(len).context("sizing the index file")?;
         std::fs::write(dir.join("thumbs.ml"), []).context("creating thumbs.ml")?;
         let t = open_rw(&dir.join("thumbs.ml"), false)?;
-        t.set_len(h.capacity * h.thumb_slot as u64).context("sizing thumbs.ml")?;
+        t.set_len(h.capacity * h.thumb_slot as u64)
+            .context("sizing thumbs.ml")?;
         t.sync_all().context("syncing thumbs.ml")?;
         use std::os::unix::fs::FileExt;
-        f.write_all_at(&h.encode(), 0).context("writing the index header")?;
+        f.write_all_at(&h.encode(), 0)
+            .context("writing the index header")?;
         f.sync_all().context("syncing the index")?;
         std::fs::rename(&tmp, dir.join("index.ml")).context("renaming the new index")?;
-        File::open(dir).and_then(|d| d.sync_all()).context("syncing the index directory")?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .context("syncing the index directory")?;
         Ok(())
     }
 
@@ -298,12 +356,17 @@ impl Index {
         let len = f.metadata().context("stat index.ml")?.len();
         let mut hb = vec![0u8; HEADER_SIZE.min(len as usize)];
         use std::os::unix::fs::FileExt;
-        f.read_exact_at(&mut hb, 0).context(format_args!("reading {}", ipath.display()))?;
+        f.read_exact_at(&mut hb, 0)
+            .context(format_args!("reading {}", ipath.display()))?;
         let header = Header::decode(&hb).context(format_args!("{}", ipath.display()))?;
         let want = HEADER_SIZE as u64 + header.capacity * header.slot_size as u64;
         if len < want {
             // Truncated: extend with zeros (lost slots read as empty) rather than refuse to serve.
-            log::warn!("{}: {} bytes, expected {want}: truncated; missing slots are treated as empty", ipath.display(), len);
+            log::warn!(
+                "{}: {} bytes, expected {want}: truncated; missing slots are treated as empty",
+                ipath.display(),
+                len
+            );
             f.set_len(want).context("extending a truncated index")?;
         }
         let tpath = dir.join("thumbs.ml");
@@ -314,19 +377,40 @@ impl Index {
         }
         // SAFETY: the files are ours (one writer process per index directory, see FORMAT.md);
         // their lengths were checked above.
-        let index = unsafe { MmapOptions::new().len(want as usize).map_mut(&f) }.context("mapping index.ml")?;
-        let thumbs = unsafe { MmapOptions::new().len(twant as usize).map_mut(&t) }.context("mapping thumbs.ml")?;
-        let mut maps = Maps { index, thumbs, head: 0, live: 0 };
+        let index = unsafe { MmapOptions::new().len(want as usize).map_mut(&f) }
+            .context("mapping index.ml")?;
+        let thumbs = unsafe { MmapOptions::new().len(twant as usize).map_mut(&t) }
+            .context("mapping thumbs.ml")?;
+        let mut maps = Maps {
+            index,
+            thumbs,
+            head: 0,
+            live: 0,
+        };
         let report = Self::scan(&header, &mut maps);
         if report.corrupt > 0 {
-            log::warn!("{}: {} corrupt slot(s) ignored: {:?}", ipath.display(), report.corrupt, report.corrupt_slots);
+            log::warn!(
+                "{}: {} corrupt slot(s) ignored: {:?}",
+                ipath.display(),
+                report.corrupt,
+                report.corrupt_slots
+            );
         }
-        Ok(Index { dir: dir.to_path_buf(), header, maps: RwLock::new(maps), durable: true, opened_report: report })
+        Ok(Index {
+            dir: dir.to_path_buf(),
+            header,
+            maps: RwLock::new(maps),
+            durable: true,
+            opened_report: report,
+        })
     }
 
     fn scan(h: &Header, maps: &mut Maps) -> Report {
         let ss = h.slot_size as usize;
-        let mut r = Report { capacity: h.capacity, ..Default::default() };
+        let mut r = Report {
+            capacity: h.capacity,
+            ..Default::default()
+        };
         for i in 0..h.capacity {
             let off = HEADER_SIZE + i as usize * ss;
             match decode_slot(&maps.index[off..off + ss], h.dim as usize) {
@@ -380,19 +464,40 @@ impl Index {
     }
 
     /// Append one frame; returns its sequence number (its id) once it is on the media.
-    pub fn append(&self, ts_ms: i64, source: &str, label: &str, embedding: &[f32], thumb: &[u8]) -> Result<u64> {
+    pub fn append(
+        &self,
+        ts_ms: i64,
+        source: &str,
+        label: &str,
+        embedding: &[f32],
+        thumb: &[u8],
+    ) -> Result<u64> {
         let dim = self.header.dim as usize;
         if embedding.len() != dim {
-            crate::bail!("embedding has {} values, the index holds {dim}", embedding.len());
+            crate::bail!(
+                "embedding has {} values, the index holds {dim}",
+                embedding.len()
+            );
         }
         if thumb.len() > self.header.thumb_slot as usize {
-            crate::bail!("thumbnail of {} bytes exceeds the {}-byte slot", thumb.len(), self.header.thumb_slot);
+            crate::bail!(
+                "thumbnail of {} bytes exceeds the {}-byte slot",
+                thumb.len(),
+                self.header.thumb_slot
+            );
         }
         let (q, scale) = quantize(embedding);
         let mut maps = self.maps.write().expect("index lock");
         let seq = maps.head + 1;
         let slot = (seq - 1) % self.header.capacity;
-        let entry = Entry { seq, ts_ms, source: source.into(), label: label.into(), scale, embedding: q };
+        let entry = Entry {
+            seq,
+            ts_ms,
+            source: source.into(),
+            label: label.into(),
+            scale,
+            embedding: q,
+        };
         let mut bytes = vec![0u8; self.header.slot_size as usize];
         encode_slot(&entry, thumb.len() as u32, crc32(thumb), &mut bytes);
         let toff = slot as usize * self.header.thumb_slot as usize;
@@ -402,8 +507,12 @@ impl Index {
         maps.index[off..off + bytes.len()].copy_from_slice(&bytes);
         // Commit order (FORMAT.md): thumbnail, then slot; each flushed before acknowledging.
         if self.durable {
-            maps.thumbs.flush_range(toff, thumb.len().max(1)).context("flushing thumbs.ml")?;
-            maps.index.flush_range(off, bytes.len()).context("flushing index.ml")?;
+            maps.thumbs
+                .flush_range(toff, thumb.len().max(1))
+                .context("flushing thumbs.ml")?;
+            maps.index
+                .flush_range(off, bytes.len())
+                .context("flushing index.ml")?;
         }
         maps.head = seq;
         if !was_live {
@@ -427,7 +536,11 @@ impl Index {
         let ss = self.header.slot_size as usize;
         let off = HEADER_SIZE + slot as usize * ss;
         match decode_slot(&maps.index[off..off + ss], self.header.dim as usize) {
-            Slot::Valid { entry, thumb_len, thumb_crc } if entry.seq == seq => {
+            Slot::Valid {
+                entry,
+                thumb_len,
+                thumb_crc,
+            } if entry.seq == seq => {
                 let toff = slot as usize * self.header.thumb_slot as usize;
                 let len = (thumb_len as usize).min(self.header.thumb_slot as usize);
                 let t = &maps.thumbs[toff..toff + len];
@@ -441,10 +554,14 @@ impl Index {
     /// Re-check every slot on the media (for `verify`) without changing anything.
     pub fn verify(dir: &Path) -> Result<Report> {
         let ipath = dir.join("index.ml");
-        let bytes = std::fs::read(&ipath).context(format_args!("cannot read {}", ipath.display()))?;
+        let bytes =
+            std::fs::read(&ipath).context(format_args!("cannot read {}", ipath.display()))?;
         let h = Header::decode(&bytes).context(format_args!("{}", ipath.display()))?;
         let ss = h.slot_size as usize;
-        let mut r = Report { capacity: h.capacity, ..Default::default() };
+        let mut r = Report {
+            capacity: h.capacity,
+            ..Default::default()
+        };
         let thumbs = std::fs::read(dir.join("thumbs.ml")).unwrap_or_default();
         for i in 0..h.capacity {
             let off = HEADER_SIZE + i as usize * ss;
@@ -453,7 +570,11 @@ impl Index {
                 Some(b) => match decode_slot(b, h.dim as usize) {
                     Slot::Empty => false,
                     Slot::Corrupt(_) => true,
-                    Slot::Valid { entry, thumb_len, thumb_crc } => {
+                    Slot::Valid {
+                        entry,
+                        thumb_len,
+                        thumb_crc,
+                    } => {
                         let toff = i as usize * h.thumb_slot as usize;
                         let thumb_ok = thumbs
                             .get(toff..toff + thumb_len as usize)

@@ -89,7 +89,11 @@ pub fn top_k(slots: &[u8], header: &Header, query: &[f32], k: usize, filter: &Fi
             let _ = heap.push(item);
         }
     }
-    let mut hits: Vec<Hit> = heap.into_vec().into_iter().map(|Scored(score, seq)| Hit { seq, score }).collect();
+    let mut hits: Vec<Hit> = heap
+        .into_vec()
+        .into_iter()
+        .map(|Scored(score, seq)| Hit { seq, score })
+        .collect();
     hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(b.seq.cmp(&a.seq)));
     hits
 }

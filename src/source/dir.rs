@@ -17,7 +17,10 @@ pub struct DirSource {
 
 fn is_image(p: &Path) -> bool {
     matches!(
-        p.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref(),
+        p.extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
         Some("png" | "jpg" | "jpeg")
     )
 }
@@ -33,7 +36,14 @@ impl DirSource {
         if files.is_empty() {
             crate::bail!("source dir:{dir}: no .png/.jpg images in the folder");
         }
-        Ok(DirSource { id: "dir".into(), files, pos: 0, interval, looping, last: None })
+        Ok(DirSource {
+            id: "dir".into(),
+            files,
+            pos: 0,
+            interval,
+            looping,
+            last: None,
+        })
     }
 }
 
@@ -63,9 +73,16 @@ impl FrameSource for DirSource {
         self.last = Some(Instant::now());
         let path = self.files[self.pos].clone();
         self.pos += 1;
-        let label = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let label = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         match image::open(&path) {
-            Ok(image) => Next::Frame(Frame { image, label, ts_ms: now_ms() }),
+            Ok(image) => Next::Frame(Frame {
+                image,
+                label,
+                ts_ms: now_ms(),
+            }),
             Err(e) => Next::Failed(format!("{}: cannot decode: {e}", path.display())),
         }
     }

@@ -27,12 +27,17 @@ pub struct FaultSource<S> {
 
 impl<S: FrameSource> FaultSource<S> {
     pub fn new(inner: S, faults: Faults) -> Self {
-        FaultSource { inner, faults, n: 0, injected: 0 }
+        FaultSource {
+            inner,
+            faults,
+            n: 0,
+            injected: 0,
+        }
     }
 }
 
 fn every(n: u64, k: u64) -> bool {
-    k > 0 && n % k == 0
+    k > 0 && n.is_multiple_of(k)
 }
 
 impl<S: FrameSource> FrameSource for FaultSource<S> {
@@ -58,7 +63,9 @@ impl<S: FrameSource> FrameSource for FaultSource<S> {
                 std::thread::sleep(self.faults.stall);
             }
             let next = self.inner.next();
-            let Next::Frame(frame) = next else { return next };
+            let Next::Frame(frame) = next else {
+                return next;
+            };
             if every(n, self.faults.drop_every) {
                 self.injected += 1;
                 continue;
@@ -68,7 +75,10 @@ impl<S: FrameSource> FrameSource for FaultSource<S> {
                 // what a camera's torn MJPEG buffer looks like to the decoder
                 let garbage = [0xFF, 0xD8, 0xFF, 0xDB, 0x00, 0x43, 0x13, 0x37];
                 return match convert::mjpeg_to_rgb(&garbage) {
-                    Ok(img) => Next::Frame(Frame { image: image::DynamicImage::ImageRgb8(img), ..frame }),
+                    Ok(img) => Next::Frame(Frame {
+                        image: image::DynamicImage::ImageRgb8(img),
+                        ..frame
+                    }),
                     Err(e) => Next::Failed(format!("injected corrupt frame: {e}")),
                 };
             }

@@ -57,20 +57,33 @@ pub struct SourceOptions {
 
 impl Default for SourceOptions {
     fn default() -> Self {
-        SourceOptions { fps: 2.0, width: 640, height: 480, looping: false }
+        SourceOptions {
+            fps: 2.0,
+            width: 640,
+            height: 480,
+            looping: false,
+        }
     }
 }
 
 /// `v4l:/dev/videoN` or `dir:PATH`.
 pub fn open(spec: &str, opts: &SourceOptions) -> Result<Box<dyn FrameSource>> {
     if let Some(path) = spec.strip_prefix("dir:") {
-        return Ok(Box::new(dir::DirSource::open(path, Duration::from_secs_f64(1.0 / opts.fps.max(0.001)), opts.looping)?));
+        return Ok(Box::new(dir::DirSource::open(
+            path,
+            Duration::from_secs_f64(1.0 / opts.fps.max(0.001)),
+            opts.looping,
+        )?));
     }
     if let Some(dev) = spec.strip_prefix("v4l:") {
         #[cfg(target_os = "linux")]
         return Ok(Box::new(v4l::V4lSource::new(dev, opts)));
         #[cfg(not(target_os = "linux"))]
-        return Err(Error::new(format!("v4l:{dev}: V4L2 cameras exist only on Linux")));
+        return Err(Error::new(format!(
+            "v4l:{dev}: V4L2 cameras exist only on Linux"
+        )));
     }
-    Err(Error::new(format!("source {spec:?}: use v4l:/dev/videoN or dir:PATH")))
+    Err(Error::new(format!(
+        "source {spec:?}: use v4l:/dev/videoN or dir:PATH"
+    )))
 }

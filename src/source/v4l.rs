@@ -32,11 +32,19 @@ pub struct V4lSource {
 impl V4lSource {
     pub fn new(path: &str, opts: &SourceOptions) -> V4lSource {
         let label = path.rsplit('/').next().unwrap_or(path).to_string();
-        V4lSource { path: path.into(), opts: opts.clone(), open: None, backoff: Duration::from_millis(500), retry_at: None, label }
+        V4lSource {
+            path: path.into(),
+            opts: opts.clone(),
+            open: None,
+            backoff: Duration::from_millis(500),
+            retry_at: None,
+            label,
+        }
     }
 
     fn try_open(&self) -> Result<Open> {
-        let dev = Device::with_path(&self.path).context(format_args!("{}: cannot open the camera", self.path))?;
+        let dev = Device::with_path(&self.path)
+            .context(format_args!("{}: cannot open the camera", self.path))?;
         let mut fmt = dev.format().context("reading the camera format")?;
         fmt.width = self.opts.width;
         fmt.height = self.opts.height;
@@ -47,16 +55,31 @@ impl V4lSource {
             got = dev.set_format(&fmt).context("setting the camera format")?;
         }
         if got.fourcc != FourCC::new(b"YUYV") && got.fourcc != FourCC::new(b"MJPG") {
-            crate::bail!("{}: camera offers neither YUYV nor MJPEG (got {})", self.path, got.fourcc);
+            crate::bail!(
+                "{}: camera offers neither YUYV nor MJPEG (got {})",
+                self.path,
+                got.fourcc
+            );
         }
         let fps = self.opts.fps.round().max(1.0) as u32;
         if let Err(e) = dev.set_params(&v4l::video::capture::Parameters::with_fps(fps)) {
             log::warn!("{}: cannot set {fps} fps: {e}", self.path);
         }
-        let mut stream = MmapStream::with_buffers(&dev, Type::VideoCapture, 4).context("starting the capture stream")?;
+        let mut stream = MmapStream::with_buffers(&dev, Type::VideoCapture, 4)
+            .context("starting the capture stream")?;
         stream.set_timeout(Duration::from_secs(5));
-        log::info!("{}: capturing {}x{} {} at {fps} fps", self.path, got.width, got.height, got.fourcc);
-        Ok(Open { stream, _dev: dev, format: got })
+        log::info!(
+            "{}: capturing {}x{} {} at {fps} fps",
+            self.path,
+            got.width,
+            got.height,
+            got.fourcc
+        );
+        Ok(Open {
+            stream,
+            _dev: dev,
+            format: got,
+        })
     }
 
     fn fail(&mut self, msg: String) -> Next {
@@ -106,7 +129,11 @@ impl FrameSource for V4lSource {
             }
         };
         match converted {
-            Ok(img) => Next::Frame(Frame { image: image::DynamicImage::ImageRgb8(img), label: self.label.clone(), ts_ms: now_ms() }),
+            Ok(img) => Next::Frame(Frame {
+                image: image::DynamicImage::ImageRgb8(img),
+                label: self.label.clone(),
+                ts_ms: now_ms(),
+            }),
             // a single bad buffer is not a vanished device: keep the stream
             Err(e) => Next::Failed(format!("{}: {e}", self.path)),
         }

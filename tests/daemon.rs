@@ -1,0 +1,247 @@
+//! End to end: the real daemon binary, the real default bundle, a replay of the real sample
+//! frames, a real Unix socket and a real pseudo-terminal pair as the serial line.
+
+mod common;
+use common::*;
+use serde_json::{json, Value};
+use serialport::SerialPort;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+    _dir: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(name: &str, extra: &[&str]) -> Daemon {
+    let dir = tempdir(name);
+    let socket = dir.join("d.sock");
+    let child = Command::new(env!("CARGO_BIN_EXE_moonlensd"))
+        .current_dir(root())
+        .args([
+            "--source",
+            "dir:models/samples",
+            "--no-console",
+            "--capacity",
+            "1000",
+            "--index",
+        ])
+        .arg(dir.join("index"))
+        .arg("--socket")
+        .arg(&socket)
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let d = Daemon {
+        child,
+        socket,
+        _dir: dir,
+    };
+    let t0 = Instant::now();
+    loop {
+        if let Ok(st) = ask_json(&d.socket, &json!({"id": 0, "cmd": "status"})) {
+            if st["source_done"] == true {
+                assert_eq!(st["frames"], 22, "{st}");
+                return d;
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "daemon did not finish its replay"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn connect(path: &Path) -> std::io::Result<UnixStream> {
+    let s = UnixStream::connect(path)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    Ok(s)
+}
+
+fn ask_json(path: &Path, req: &Value) -> std::io::Result<Value> {
+    let mut s = connect(path)?;
+    writeln!(s, "{req}")?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line)?;
+    serde_json::from_str(&line).map_err(std::io::Error::other)
+}
+
+/// Send raw bytes, read human-form lines up to and including the terminating OK/ERROR.
+fn ask_human(s: &mut UnixStream, bytes: &[u8]) -> Vec<String> {
+    s.write_all(bytes).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut out = Vec::new();
+    loop {
+        let mut l = String::new();
+        assert!(r.read_line(&mut l).unwrap() > 0, "connection closed");
+        let l = l.trim_end().to_string();
+        let end = l.starts_with("OK") || l.starts_with("ERROR");
+        out.push(l);
+        if end {
+            return out;
+        }
+    }
+}
+
+fn top_label(v: &Value) -> &str {
+    v["hits"][0]["label"].as_str().unwrap()
+}
+
+#[test]
+fn socket_search_status_thumb_and_bad_input() {
+    let d = start("socket", &[]);
+    for (q, want) in [
+        ("a rabbit", "rabbit.png"),
+        ("an elephant", "elephant.png"),
+        ("a duck", "duck.png"),
+    ] {
+        let v = ask_json(
+            &d.socket,
+            &json!({"id": 1, "cmd": "search", "text": q, "k": 5}),
+        )
+        .unwrap();
+        assert_eq!(v["ok"], true, "{v}");
+        assert_eq!(v["id"], 1);
+        assert_eq!(top_label(&v), want, "{q}: {v}");
+        assert_eq!(v["hits"].as_array().unwrap().len(), 5);
+        assert!(v["hits"][0]["ts"].as_str().unwrap().ends_with('Z'));
+    }
+    let mut s = connect(&d.socket).unwrap();
+    let hits = ask_human(&mut s, b"search a rabbit k=2\n");
+    assert_eq!(hits.len(), 3, "{hits:?}");
+    assert!(
+        hits[0].starts_with("+HIT ") && hits[0].ends_with("rabbit.png"),
+        "{hits:?}"
+    );
+    let id: u64 = hits[0].split(' ').nth(1).unwrap().parse().unwrap();
+    // similar and thumb on the returned id
+    let sim = ask_human(&mut s, format!("similar {id} k=1\n").as_bytes());
+    assert!(
+        sim[0].ends_with("rabbit.png"),
+        "a frame is most similar to itself: {sim:?}"
+    );
+    let th = ask_json(&d.socket, &json!({"id": 9, "cmd": "thumb", "frame": id})).unwrap();
+    assert_eq!(th["mime"], "image/jpeg");
+    assert!(
+        th["thumb"].as_str().unwrap().starts_with("/9j/"),
+        "base64 JPEG"
+    );
+
+    // bad input: each gets an error, the session and the daemon keep serving
+    assert!(ask_human(&mut s, b"\xff\xfe\x00\x01garbage\n")[0].starts_with("ERROR"));
+    let mut long = vec![b'x'; 10_000];
+    long.push(b'\n');
+    assert!(ask_human(&mut s, &long)[0].contains("longer than 4096"));
+    assert!(ask_human(&mut s, b"frobnicate\n")[0].starts_with("ERROR unknown command"));
+    assert!(ask_human(&mut s, b"thumb 999999\n")[0].starts_with("ERROR no frame"));
+    let e = ask_json(&d.socket, &json!({"id": 5, "cmd": "search"})).unwrap();
+    assert_eq!((e["id"].clone(), e["ok"].clone()), (json!(5), json!(false)));
+    let st = ask_human(&mut s, b"{broken json\nstatus\n");
+    let broken: Value = serde_json::from_str(&st[0]).unwrap();
+    assert_eq!(
+        (broken["ok"].clone(), broken["id"].clone()),
+        (json!(false), Value::Null)
+    );
+    assert!(st[1].starts_with("+STATUS frames=22"), "{st:?}");
+    // any UTF-8 query works
+    let v = ask_json(
+        &d.socket,
+        &json!({"id": 2, "cmd": "search", "text": "兔子 🐇", "k": 1}),
+    )
+    .unwrap();
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["hits"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn fifty_concurrent_clients_are_all_answered() {
+    let d = start("fifty", &[]);
+    let sock = d.socket.clone();
+    let threads: Vec<_> = (0..50)
+        .map(|i| {
+            let sock = sock.clone();
+            std::thread::spawn(move || {
+                let q = if i % 2 == 0 {
+                    "a rabbit"
+                } else {
+                    "an elephant"
+                };
+                let v =
+                    ask_json(&sock, &json!({"id": i, "cmd": "search", "text": q, "k": 3})).unwrap();
+                assert_eq!(v["id"], i);
+                assert_eq!(v["ok"], true);
+                top_label(&v).to_string()
+            })
+        })
+        .collect();
+    for (i, t) in threads.into_iter().enumerate() {
+        let want = if i % 2 == 0 {
+            "rabbit.png"
+        } else {
+            "elephant.png"
+        };
+        assert_eq!(t.join().unwrap(), want);
+    }
+}
+
+#[test]
+fn serial_line_on_a_pseudo_terminal() {
+    let (mut master, slave) = serialport::TTYPort::pair().unwrap();
+    let path = slave.name().unwrap();
+    let d = start("serial", &["--serial", &path, "--baud", "115200"]);
+    drop(slave);
+    master.set_timeout(Duration::from_millis(200)).unwrap();
+    let mut reply = |bytes: &[u8]| -> Vec<String> {
+        master.write_all(bytes).unwrap();
+        let mut got = Vec::new();
+        let t0 = Instant::now();
+        let mut buf = [0u8; 4096];
+        while t0.elapsed() < Duration::from_secs(30) {
+            match master.read(&mut buf) {
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(e) => panic!("{e}"),
+            }
+            let text = String::from_utf8_lossy(&got).to_string();
+            let lines: Vec<String> = text.lines().map(|l| l.trim_end().to_string()).collect();
+            let done =
+                |l: &String| l.starts_with("OK") || l.starts_with("ERROR") || l.starts_with('{');
+            if text.ends_with('\n') && lines.last().is_some_and(done) {
+                return lines;
+            }
+        }
+        panic!(
+            "no answer on the serial line; got {:?}",
+            String::from_utf8_lossy(&got)
+        );
+    };
+    // the daemon opens the line asynchronously: retry the first request until it answers
+    let first = reply(b"status\r\n");
+    assert!(first.iter().any(|l| l.starts_with("+STATUS")), "{first:?}");
+    let hits = reply(b"search a rabbit k=1\r\n");
+    assert!(
+        hits[0].starts_with("+HIT") && hits[0].ends_with("rabbit.png"),
+        "{hits:?}"
+    );
+    // binary garbage on the line, then a normal query still works
+    let garbage = reply(b"\x00\x13\xff\xfe\x80\x81garbage\r\n");
+    assert!(garbage[0].starts_with("ERROR"), "{garbage:?}");
+    let hits = reply(b"{\"id\":3,\"cmd\":\"search\",\"text\":\"an elephant\",\"k\":1}\n");
+    let v: Value = serde_json::from_str(&hits[0]).unwrap_or_else(|_| panic!("{hits:?}"));
+    assert_eq!(top_label(&v), "elephant.png");
+    drop(d);
+}
