@@ -35,7 +35,9 @@ fn sum_bytes(b: &[u8]) -> u64 {
     let mut acc = [0u64; 4];
     for w in words {
         for (j, a) in acc.iter_mut().enumerate() {
-            *a = a.wrapping_add(u64::from_ne_bytes(w[8 * j..8 * j + 8].try_into().expect("8")));
+            *a = a.wrapping_add(u64::from_ne_bytes(
+                w[8 * j..8 * j + 8].try_into().expect("8"),
+            ));
         }
     }
     acc.iter().fold(0, |x, y| x.wrapping_add(*y))

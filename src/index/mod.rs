@@ -24,6 +24,8 @@ pub const SOURCE_MAX: usize = 16;
 pub const LABEL_MAX: usize = 56;
 /// Thumbnails live in fixed slots of this many bytes (a 160 px JPEG is 4-10 KiB).
 pub const THUMB_SLOT: usize = 16 * 1024;
+/// The largest ring the format allows (2^32 entries; a board holds far fewer).
+pub const MAX_CAPACITY: u64 = 1 << 32;
 
 /// Bytes of one slot for embeddings of `dim` values (8-byte aligned).
 pub fn slot_size(dim: usize) -> usize {
@@ -108,6 +110,9 @@ impl Header {
             || h.dim > 4096
             || h.slot_size as usize != slot_size(h.dim as usize)
             || h.capacity == 0
+            || h.capacity > MAX_CAPACITY
+            || h.thumb_slot == 0
+            || h.thumb_slot > 1 << 20
         {
             crate::bail!(
                 "header fields are inconsistent (dim {}, slot size {}, capacity {})",
@@ -297,6 +302,9 @@ impl Index {
         ))?;
         let ipath = dir.join("index.ml");
         if !ipath.exists() {
+            if capacity == 0 || capacity > MAX_CAPACITY {
+                crate::bail!("index capacity {capacity} is out of range 1..={MAX_CAPACITY}");
+            }
             let h = Header {
                 dim: dim as u32,
                 capacity,
@@ -556,52 +564,65 @@ impl Index {
         let ipath = dir.join("index.ml");
         let bytes =
             std::fs::read(&ipath).context(format_args!("cannot read {}", ipath.display()))?;
-        let h = Header::decode(&bytes).context(format_args!("{}", ipath.display()))?;
-        let ss = h.slot_size as usize;
-        let mut r = Report {
-            capacity: h.capacity,
-            ..Default::default()
-        };
         let thumbs = std::fs::read(dir.join("thumbs.ml")).unwrap_or_default();
-        for i in 0..h.capacity {
-            let off = HEADER_SIZE + i as usize * ss;
-            let bad = match bytes.get(off..off + ss) {
-                None => true, // truncated file: the slot is gone
-                Some(b) => match decode_slot(b, h.dim as usize) {
-                    Slot::Empty => false,
-                    Slot::Corrupt(_) => true,
-                    Slot::Valid {
-                        entry,
-                        thumb_len,
-                        thumb_crc,
-                    } => {
-                        let toff = i as usize * h.thumb_slot as usize;
-                        let thumb_ok = thumbs
-                            .get(toff..toff + thumb_len as usize)
-                            .is_some_and(|t| crc32(t) == thumb_crc);
-                        let ok = (entry.seq - 1) % h.capacity == i;
-                        if ok {
-                            r.entries += 1;
-                            r.bad_thumbs += u64::from(!thumb_ok);
-                        }
-                        !ok
-                    }
-                },
-            };
-            if bad {
-                r.corrupt += 1;
-                if r.corrupt_slots.len() < 100 {
-                    r.corrupt_slots.push(i);
-                }
-            }
-        }
-        Ok(r)
+        verify_bytes(&bytes, &thumbs).context(format_args!("{}", ipath.display()))
     }
 
     pub(crate) fn with_slots<R>(&self, f: impl FnOnce(&[u8], &Header) -> R) -> R {
         let maps = self.maps.read().expect("index lock");
         f(&maps.index[HEADER_SIZE..], &self.header)
     }
+}
+
+/// Check the bytes of an index file and its thumbnail file: the parse path of every open,
+/// as a pure function (fuzzed by `tests/fuzz`). Never panics, whatever the bytes.
+pub fn verify_bytes(bytes: &[u8], thumbs: &[u8]) -> Result<Report> {
+    let h = Header::decode(bytes)?;
+    let ss = h.slot_size as usize;
+    let mut r = Report {
+        capacity: h.capacity,
+        ..Default::default()
+    };
+    for i in 0..h.capacity {
+        let off = HEADER_SIZE + i as usize * ss;
+        if off + ss > bytes.len() {
+            // truncated file: this slot and all after it are gone
+            r.corrupt += h.capacity - i;
+            r.corrupt_slots
+                .extend((i..h.capacity).take(100 - r.corrupt_slots.len().min(100)));
+            break;
+        }
+        let bad = match bytes.get(off..off + ss) {
+            None => true,
+            Some(b) => match decode_slot(b, h.dim as usize) {
+                Slot::Empty => false,
+                Slot::Corrupt(_) => true,
+                Slot::Valid {
+                    entry,
+                    thumb_len,
+                    thumb_crc,
+                } => {
+                    let toff = i as usize * h.thumb_slot as usize;
+                    let thumb_ok = thumbs
+                        .get(toff..toff.saturating_add(thumb_len as usize))
+                        .is_some_and(|t| crc32(t) == thumb_crc);
+                    let ok = (entry.seq - 1) % h.capacity == i;
+                    if ok {
+                        r.entries += 1;
+                        r.bad_thumbs += u64::from(!thumb_ok);
+                    }
+                    !ok
+                }
+            },
+        };
+        if bad {
+            r.corrupt += 1;
+            if r.corrupt_slots.len() < 100 {
+                r.corrupt_slots.push(i);
+            }
+        }
+    }
+    Ok(r)
 }
 
 impl From<Error> for std::io::Error {
