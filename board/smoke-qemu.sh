@@ -14,7 +14,10 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 common=(--bundle models/default --source dir:models/samples --no-console --capacity 256)
 RUST_LOG=warn "$x86" "${common[@]}" --index "$work/x86" --socket "$work/x86.sock" & pids+=($!)
-RUST_LOG=warn qemu-aarch64-static -L /usr/aarch64-linux-gnu -cpu max "$arm" "${common[@]}" \
+# LD_LIBRARY_PATH: with libc6:arm64 also installed (multiarch), the loader from the -L tree
+# would pick /lib/aarch64-linux-gnu/libc.so.6 through the host's ld.so.cache: a different
+# glibc build than that loader, and the first pthread_create spins forever.
+RUST_LOG=warn qemu-aarch64-static -L /usr/aarch64-linux-gnu -E LD_LIBRARY_PATH=/usr/aarch64-linux-gnu/lib -cpu max "$arm" "${common[@]}" \
   --index "$work/arm" --socket "$work/arm.sock" & pids+=($!)
 python3 - "$work/x86.sock" "$work/arm.sock" <<'PY'
 import json, socket, sys, time
