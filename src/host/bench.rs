@@ -1,5 +1,6 @@
 //! `moonlens-host bench`: measured figures, each against a baseline from the same run.
 
+use super::crash::{embedding_for, DIM};
 use crate::encoder::Encoder;
 use crate::error::Result;
 use crate::index::search::{top_k, Filter};
@@ -8,24 +9,6 @@ use std::time::Instant;
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-/// Deterministic pseudo-random unit vectors (xorshift), so runs are comparable.
-fn unit_vectors(n: usize, dim: usize, mut seed: u64) -> Vec<Vec<f32>> {
-    (0..n)
-        .map(|_| {
-            let v: Vec<f32> = (0..dim)
-                .map(|_| {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-                })
-                .collect();
-            let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-            v.into_iter().map(|x| x / n).collect()
-        })
-        .collect()
 }
 
 /// The memory-bandwidth baseline: every byte read once, summed as u64 words in four
@@ -46,7 +29,7 @@ fn sum_bytes(b: &[u8]) -> u64 {
 /// Single-thread exact search over `entries` slots in memory, against a plain sum over a
 /// buffer of the same size (the memory-bandwidth baseline).
 pub fn search(entries: usize, queries: usize, json: bool) -> Result<()> {
-    let dim = 384;
+    let dim = DIM;
     let header = Header {
         dim: dim as u32,
         capacity: entries as u64,
@@ -57,7 +40,7 @@ pub fn search(entries: usize, queries: usize, json: bool) -> Result<()> {
     };
     let ss = slot_size(dim);
     let mut slots = vec![0u8; entries * ss];
-    let base = unit_vectors(64, dim, 7);
+    let base: Vec<Vec<f32>> = (1..=64).map(embedding_for).collect();
     for (i, s) in slots.chunks_exact_mut(ss).enumerate() {
         let (q, scale) = quantize(&base[i % base.len()]);
         let e = Entry {
@@ -72,7 +55,9 @@ pub fn search(entries: usize, queries: usize, json: bool) -> Result<()> {
         // vary the vectors a little so the heap sees churn
         s[crate::index::SLOT_FIXED + (i % dim)] = (i % 251) as u8;
     }
-    let qs = unit_vectors(queries.max(3), dim, 99);
+    let qs: Vec<Vec<f32>> = (0..queries.max(3) as u64)
+        .map(|i| embedding_for(1_000_000 + i))
+        .collect();
     // Scan and baseline alternate, so both see the same machine state (other load, caches).
     let mut lat = Vec::new();
     let mut base_ms = Vec::new();

@@ -421,19 +421,19 @@ impl Index {
         };
         for i in 0..h.capacity {
             let off = HEADER_SIZE + i as usize * ss;
-            match decode_slot(&maps.index[off..off + ss], h.dim as usize) {
-                Slot::Empty => {}
-                Slot::Valid { entry, .. } if (entry.seq - 1) % h.capacity == i => {
+            match check_slot(&maps.index[off..off + ss], i, h) {
+                None => {}
+                Some(Ok(valid)) => {
                     r.entries += 1;
-                    maps.head = maps.head.max(entry.seq);
+                    maps.head = maps.head.max(valid.0.seq);
                 }
-                _ => {
+                Some(Err(())) => {
                     r.corrupt += 1;
                     if r.corrupt_slots.len() < 100 {
                         r.corrupt_slots.push(i);
                     }
-                    // A bad slot is zeroed in memory so searches skip it; it is rewritten when
-                    // the ring comes round.
+                    // A bad slot is zeroed so searches skip it; it is rewritten when the
+                    // ring comes round.
                     maps.index[off..off + ss].fill(0);
                 }
             }
@@ -574,7 +574,21 @@ impl Index {
     }
 }
 
-/// Check the bytes of an index file and its thumbnail file: the parse path of every open,
+/// What recovery makes of slot `i`: `None` empty, `Ok` a valid entry (with its thumbnail
+/// length and CRC), `Err` corrupt. Shared by every open and by `verify`.
+fn check_slot(b: &[u8], i: u64, h: &Header) -> Option<std::result::Result<(Entry, u32, u32), ()>> {
+    match decode_slot(b, h.dim as usize) {
+        Slot::Empty => None,
+        Slot::Valid {
+            entry,
+            thumb_len,
+            thumb_crc,
+        } if (entry.seq - 1) % h.capacity == i => Some(Ok((entry, thumb_len, thumb_crc))),
+        _ => Some(Err(())),
+    }
+}
+
+/// Check the bytes of an index file and its thumbnail file: the slot checks of every open,
 /// as a pure function (fuzzed by `tests/fuzz`). Never panics, whatever the bytes.
 pub fn verify_bytes(bytes: &[u8], thumbs: &[u8]) -> Result<Report> {
     let h = Header::decode(bytes)?;
@@ -592,28 +606,18 @@ pub fn verify_bytes(bytes: &[u8], thumbs: &[u8]) -> Result<Report> {
                 .extend((i..h.capacity).take(100 - r.corrupt_slots.len().min(100)));
             break;
         }
-        let bad = match bytes.get(off..off + ss) {
-            None => true,
-            Some(b) => match decode_slot(b, h.dim as usize) {
-                Slot::Empty => false,
-                Slot::Corrupt(_) => true,
-                Slot::Valid {
-                    entry,
-                    thumb_len,
-                    thumb_crc,
-                } => {
-                    let toff = i as usize * h.thumb_slot as usize;
-                    let thumb_ok = thumbs
-                        .get(toff..toff.saturating_add(thumb_len as usize))
-                        .is_some_and(|t| crc32(t) == thumb_crc);
-                    let ok = (entry.seq - 1) % h.capacity == i;
-                    if ok {
-                        r.entries += 1;
-                        r.bad_thumbs += u64::from(!thumb_ok);
-                    }
-                    !ok
-                }
-            },
+        let bad = match check_slot(&bytes[off..off + ss], i, &h) {
+            None => false,
+            Some(Err(())) => true,
+            Some(Ok((_, thumb_len, thumb_crc))) => {
+                let toff = i as usize * h.thumb_slot as usize;
+                let thumb_ok = thumbs
+                    .get(toff..toff.saturating_add(thumb_len as usize))
+                    .is_some_and(|t| crc32(t) == thumb_crc);
+                r.entries += 1;
+                r.bad_thumbs += u64::from(!thumb_ok);
+                false
+            }
         };
         if bad {
             r.corrupt += 1;
