@@ -143,18 +143,22 @@ fn encode_loop(s: Arc<Shared>, rx: Receiver<Queued>, source_id: &str, embedding_
                 Err(_) => break,
             }
         }
-        let images: Vec<DynamicImage> = batch.iter().map(|q| q.image.clone()).collect();
+        // frames move out of the queue entries: no copy of the pixels on the hot path
+        let (images, meta): (Vec<DynamicImage>, Vec<(String, i64)>) = batch
+            .into_iter()
+            .map(|q| (q.image, (q.label, q.ts_ms)))
+            .unzip();
         let embeddings = match s.encoder.embed_images(&images) {
             Ok(e) => e,
             Err(e) => {
-                log::error!("encoding failed, {} frame(s) lost: {e}", batch.len());
+                log::error!("encoding failed, {} frame(s) lost: {e}", images.len());
                 s.counters
                     .source_errors
-                    .fetch_add(batch.len() as u64, Relaxed);
+                    .fetch_add(images.len() as u64, Relaxed);
                 continue;
             }
         };
-        for (q, emb) in batch.into_iter().zip(embeddings) {
+        for ((image, (label, ts_ms)), emb) in images.iter().zip(meta).zip(embeddings) {
             if let Some(prev) = &last {
                 let cos: f32 = prev.iter().zip(&emb).map(|(a, b)| a * b).sum();
                 if cos > embedding_gate {
@@ -162,11 +166,11 @@ fn encode_loop(s: Arc<Shared>, rx: Receiver<Queued>, source_id: &str, embedding_
                     continue;
                 }
             }
-            let thumb = thumbnail(&q.image);
-            match s.index.append(q.ts_ms, source_id, &q.label, &emb, &thumb) {
+            let thumb = thumbnail(image);
+            match s.index.append(ts_ms, source_id, &label, &emb, &thumb) {
                 Ok(seq) => {
                     s.counters.ingested.fetch_add(1, Relaxed);
-                    log::debug!("stored frame {seq} ({})", q.label);
+                    log::debug!("stored frame {seq} ({label})");
                     let fired = s
                         .watches
                         .lock()
@@ -176,13 +180,13 @@ fn encode_loop(s: Arc<Shared>, rx: Receiver<Queued>, source_id: &str, embedding_
                         let hit = HitView {
                             id: seq,
                             score,
-                            ts_ms: q.ts_ms,
+                            ts_ms,
                             source: source_id.into(),
-                            label: q.label.clone(),
+                            label: label.clone(),
                         };
                         log::info!(
                             "watch {watch} matched frame {seq} ({}) at {score:.3}",
-                            q.label
+                            label
                         );
                         s.push_match(watch, &hit);
                     }
