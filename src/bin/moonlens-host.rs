@@ -2,11 +2,18 @@
 use moonlens::bundle::Bundle;
 use moonlens::cli::Args;
 use moonlens::encoder::Encoder;
+use moonlens::host::train::{Config, ImageInput};
 use moonlens::Result;
 use std::path::Path;
 
 const USAGE: &str = "usage:
   moonlens-host eval --bundle DIR --pairs FILE.jsonl
+  moonlens-host train --pairs TRAIN.jsonl --val VAL.jsonl --out DIR [--bundle models/default]
+        [--image-input raw|bridge] [--dim 256] [--blocks 1] [--dropout 0.1] [--temperature T]
+        [--lr 1e-3] [--weight-decay 1e-3] [--batch 64] [--epochs 100] [--patience 3] [--seed 1]
+        [--cache DIR]
+  moonlens-host export --heads DIR --out BUNDLE [--bundle BASE] [--int8] [--mix W]
+  moonlens-host sheet --bundle DIR --pairs FILE.jsonl --query TEXT --out FILE.png [--k 12]
   moonlens-host bench encode --bundle DIR [--runs N] [--json]
   moonlens-host bench search [--entries N] [--queries N] [--json]";
 
@@ -25,13 +32,110 @@ fn run() -> Result<()> {
         return Ok(());
     }
     let cmd = argv.remove(0);
-    let args = Args::parse(argv, &["json"])?;
+    let args = Args::parse(argv, &["json", "int8"])?;
     match (cmd.as_str(), args.positional.first().map(String::as_str)) {
         ("eval", None) => {
             args.only(&["bundle", "pairs"])?;
             let enc = Encoder::load(&Bundle::open(args.require("bundle")?)?)?;
             let r = moonlens::host::eval::eval(&enc, Path::new(args.require("pairs")?))?;
             println!("{}", serde_json::to_string(&r).expect("plain struct"));
+            Ok(())
+        }
+        ("train", None) => {
+            args.only(&[
+                "pairs",
+                "val",
+                "out",
+                "bundle",
+                "image-input",
+                "dim",
+                "blocks",
+                "dropout",
+                "temperature",
+                "lr",
+                "weight-decay",
+                "batch",
+                "epochs",
+                "patience",
+                "seed",
+                "cache",
+            ])?;
+            let d = Config::default();
+            let cfg = Config {
+                image_input: match args.get("image-input").unwrap_or("raw") {
+                    "raw" => ImageInput::Raw,
+                    "bridge" => ImageInput::Bridge,
+                    other => {
+                        return Err(moonlens::Error::new(format!(
+                            "--image-input {other:?}: use raw (backbone features) or bridge"
+                        )))
+                    }
+                },
+                dim: args.number("dim", d.dim)?,
+                blocks: args.number("blocks", d.blocks)?,
+                dropout: args.number("dropout", d.dropout)?,
+                temperature: args.number("temperature", d.temperature)?,
+                lr: args.number("lr", d.lr)?,
+                weight_decay: args.number("weight-decay", d.weight_decay)?,
+                batch: args.number("batch", d.batch)?,
+                max_epochs: args.number("epochs", d.max_epochs)?,
+                patience: args.number("patience", d.patience)?,
+                seed: args.number("seed", d.seed)?,
+                ..d
+            };
+            let bundle = Bundle::open(args.get("bundle").unwrap_or("models/default"))?;
+            let out = Path::new(args.require("out")?);
+            let t = moonlens::host::train::command::run(
+                &bundle,
+                Path::new(args.require("pairs")?),
+                Path::new(args.require("val")?),
+                out,
+                args.get("cache").map(Path::new),
+                &cfg,
+            )?;
+            let best = t.history.iter().find(|e| e.epoch == t.best_epoch);
+            println!(
+                "{}",
+                serde_json::json!({"heads": out, "best_epoch": t.best_epoch,
+                    "epochs": t.history.len(), "best": best, "curve": out.join("curve.png")})
+            );
+            Ok(())
+        }
+        ("export", None) => {
+            args.only(&["heads", "out", "bundle", "int8", "mix"])?;
+            let heads_dir = Path::new(args.require("heads")?);
+            let heads = moonlens::host::train::store::load(heads_dir)?;
+            let base = Bundle::open(args.get("bundle").unwrap_or(&heads.info.base_bundle))?;
+            let out = moonlens::host::export::export(
+                &heads,
+                &base,
+                Path::new(args.require("out")?),
+                args.flag("int8"),
+                args.number("mix", 0.0)?,
+            )?;
+            // the daemon's own loader must accept it
+            Encoder::load(&out)?;
+            println!(
+                "{}",
+                serde_json::json!({"bundle": out.dir, "id": out.id_hex(), "name": out.manifest.name})
+            );
+            Ok(())
+        }
+        ("sheet", None) => {
+            args.only(&["bundle", "pairs", "query", "out", "k"])?;
+            let enc = Encoder::load(&Bundle::open(args.require("bundle")?)?)?;
+            let out = Path::new(args.require("out")?);
+            let hits = moonlens::host::sheet::sheet(
+                &enc,
+                Path::new(args.require("pairs")?),
+                args.require("query")?,
+                args.number("k", 12)?,
+                out,
+            )?;
+            for (path, score) in &hits {
+                eprintln!("{score:.4}  {path}");
+            }
+            println!("{}", serde_json::json!({"sheet": out, "hits": hits.len()}));
             Ok(())
         }
         ("bench", Some("encode")) => {

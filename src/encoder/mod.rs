@@ -20,10 +20,20 @@ use tract_onnx::tract_core::dims;
 /// Batch size of the batched image plan.
 pub const IMAGE_BATCH: usize = 4;
 
-type Plan = Arc<TypedRunnableModel>;
+pub type Plan = Arc<TypedRunnableModel>;
+
+/// Which embedding the towers compute: the bundle's `output` (what the daemon indexes) or
+/// the training-free `base_output` under trained heads (what training and the reference
+/// parity tests read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outputs {
+    Final,
+    Base,
+}
 
 pub struct Encoder {
     bundle: Bundle,
+    dim: usize,
     image_model: TypedModel,
     image_one: Plan,
     image_batch: OnceLock<Plan>,
@@ -45,7 +55,25 @@ fn onnx_model(path: &std::path::Path) -> Result<InferenceModel> {
         })
 }
 
-fn image_plan(model: &TypedModel, batch: usize) -> Result<Plan> {
+/// The bundle's image tower as a typed model with a symbolic batch `N`, computing `outputs`
+/// (tensor names of the ONNX graph).
+pub fn image_model(bundle: &Bundle, outputs: &[&str]) -> Result<TypedModel> {
+    let m = &bundle.manifest;
+    let [c, h, w] = m.image.shape;
+    let image_path = bundle.path(&m.image.file);
+    onnx_model(&image_path)?
+        .with_input_names([m.image.input.as_str()])
+        .and_then(|x| x.with_outputs_by_name(outputs.iter().copied()))
+        .and_then(|x| {
+            let n = x.sym("N");
+            x.with_input_fact(0, f32::fact(dims!(n, c, h, w)).into())
+        })
+        .and_then(|x| x.into_typed())
+        .map_err(|e| Error::new(format!("{}: {e:#}", image_path.display())))
+}
+
+/// `model` optimized for `batch` images per run.
+pub fn image_plan(model: &TypedModel, batch: usize) -> Result<Plan> {
     let sym = model.symbols.sym("N");
     let concrete = model
         .set_symbols(&[(sym, TDim::Val(batch as i64))].into_iter().collect())
@@ -57,26 +85,25 @@ fn image_plan(model: &TypedModel, batch: usize) -> Result<Plan> {
 }
 
 impl Encoder {
+    /// Both towers computing the bundle's `output` embeddings.
     pub fn load(bundle: &Bundle) -> Result<Encoder> {
+        Encoder::load_outputs(bundle, Outputs::Final)
+    }
+
+    pub fn load_outputs(bundle: &Bundle, which: Outputs) -> Result<Encoder> {
         let t0 = Instant::now();
         let m = &bundle.manifest;
-        let [c, h, w] = m.image.shape;
-        let image_path = bundle.path(&m.image.file);
-        let image_model = onnx_model(&image_path)?
-            .with_input_names([m.image.input.as_str()])
-            .and_then(|x| x.with_outputs_by_name([m.image.output.as_str()]))
-            .and_then(|x| {
-                let n = x.sym("N");
-                x.with_input_fact(0, f32::fact(dims!(n, c, h, w)).into())
-            })
-            .and_then(|x| x.into_typed())
-            .map_err(|e| Error::new(format!("{}: {e:#}", image_path.display())))?;
+        let (image_out, text_out) = match which {
+            Outputs::Final => (m.image.output.as_str(), m.text.output.as_str()),
+            Outputs::Base => (m.image.base(), m.text.base()),
+        };
+        let image_model = image_model(bundle, &[image_out])?;
         let image_one = image_plan(&image_model, 1)?;
 
         let text_path = bundle.path(&m.text.file);
         let text = onnx_model(&text_path)?
             .with_input_names([m.text.input_ids.as_str(), m.text.attention_mask.as_str()])
-            .and_then(|x| x.with_outputs_by_name([m.text.output.as_str()]))
+            .and_then(|x| x.with_outputs_by_name([text_out]))
             .and_then(|x| {
                 let s = x.sym("S");
                 x.with_input_fact(0, i64::fact(dims!(1, s.clone())).into())?
@@ -85,6 +112,21 @@ impl Encoder {
             .and_then(|x| x.into_optimized())
             .and_then(|x| x.into_runnable())
             .map_err(|e| Error::new(format!("{}: {e:#}", text_path.display())))?;
+        // the embedding width as the graph declares it; the daemon's must match bundle.toml
+        let dim = text
+            .model()
+            .output_fact(0)
+            .ok()
+            .and_then(|f| f.shape.last().and_then(|d| d.to_i64().ok()))
+            .map(|d| d as usize)
+            .unwrap_or(m.dim);
+        if which == Outputs::Final && dim != m.dim {
+            crate::bail!(
+                "{}: the text tower outputs {dim} values, bundle.toml says dim = {}",
+                text_path.display(),
+                m.dim
+            );
+        }
 
         let tok_path = bundle.path(&m.text.tokenizer);
         let mut tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| {
@@ -99,6 +141,7 @@ impl Encoder {
             .map_err(|e| Error::new(format!("{}: {e}", tok_path.display())))?;
         Ok(Encoder {
             bundle: bundle.clone(),
+            dim,
             image_model,
             image_one,
             image_batch: OnceLock::new(),
@@ -112,8 +155,9 @@ impl Encoder {
         &self.bundle
     }
 
+    /// Width of the embeddings this encoder returns.
     pub fn dim(&self) -> usize {
-        self.bundle.manifest.dim
+        self.dim
     }
 
     /// The network input of one image (CHW f32), as the Python reference computes it.

@@ -1,7 +1,12 @@
-//! Workstation-only work (feature `host`): evaluation, benchmarks, pairs files, progress.
+//! Workstation-only work (feature `host`): evaluation, training, export, benchmarks, pictures.
 
 pub mod bench;
 pub mod crash;
 pub mod eval;
+pub mod export;
+pub mod features;
 pub mod pairs;
+pub mod plot;
 pub mod progress;
+pub mod sheet;
+pub mod train;

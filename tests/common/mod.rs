@@ -19,6 +19,16 @@ pub fn encoder() -> &'static Encoder {
     ENC.get_or_init(|| Encoder::load(&default_bundle()).expect("default bundle loads in tract"))
 }
 
+/// The default bundle's training-free embeddings (the bridge under its trained heads): what
+/// the Python reference fixtures describe.
+pub fn base_encoder() -> &'static Encoder {
+    static ENC: OnceLock<Encoder> = OnceLock::new();
+    ENC.get_or_init(|| {
+        Encoder::load_outputs(&default_bundle(), moonlens::encoder::Outputs::Base)
+            .expect("default bundle's base outputs load in tract")
+    })
+}
+
 /// The Tux Paint data fetched by `models/convert/fetch-data.sh` (CI runs it first).
 pub fn data_dir() -> PathBuf {
     let d = root().join("data");

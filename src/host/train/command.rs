@@ -1,0 +1,97 @@
+//! The `train` command end to end: pairs files → checks → cached features → training →
+//! heads directory with `heads.json`, `heads.bin` and `curve.png`.
+
+use super::store::{self, HeadsInfo};
+use super::{Config, Trained};
+use crate::bundle::Bundle;
+use crate::error::{Context, Result};
+use crate::host::features;
+use crate::host::pairs::{self, Pair};
+use crate::host::progress::Progress;
+use std::path::{Path, PathBuf};
+
+/// Refuses validation pairs whose image is also a training image: the validation loss
+/// would reward memorizing and early stopping would stop late.
+pub fn check_disjoint(train: &[Pair], val: &[Pair]) -> Result<()> {
+    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let train_images: std::collections::HashSet<PathBuf> =
+        train.iter().map(|p| canon(&p.image)).collect();
+    let shared: Vec<&Pair> = val
+        .iter()
+        .filter(|p| train_images.contains(&canon(&p.image)))
+        .collect();
+    if let Some(first) = shared.first() {
+        crate::bail!(
+            "{} validation pair(s) use training images (first: {}); the validation split must \
+             not overlap training",
+            shared.len(),
+            first.image.display()
+        );
+    }
+    Ok(())
+}
+
+pub fn run(
+    bundle: &Bundle,
+    train_path: &Path,
+    val_path: &Path,
+    out: &Path,
+    cache_dir: Option<&Path>,
+    cfg: &Config,
+) -> Result<Trained> {
+    let train_pairs = pairs::read(train_path)?;
+    let val_pairs = pairs::read(val_path)?;
+    check_disjoint(&train_pairs, &val_pairs)?;
+    let default_cache = train_path
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("feature-cache");
+    let cache = cache_dir.unwrap_or(&default_cache);
+    let tf = features::load_or_compute(bundle, &train_pairs, cache)
+        .context(format_args!("features of {}", train_path.display()))?;
+    let vf = features::load_or_compute(bundle, &val_pairs, cache)
+        .context(format_args!("features of {}", val_path.display()))?;
+    for f in [&tf, &vf] {
+        log::info!(
+            "features {} ({}; {} images x {} views, {} captions)",
+            f.path.display(),
+            if f.reused { "reused" } else { "computed" },
+            f.images,
+            features::VIEWS,
+            f.texts
+        );
+    }
+    let mut bar = Progress::new("training epochs", cfg.max_epochs);
+    let trained = super::train(&tf, &vf, cfg, |e| {
+        bar.inc(1);
+        log::info!(
+            "epoch {:3}: train loss {:.4}  val loss {:.4}  val R@1/5/10 {:.3}/{:.3}/{:.3}  lr {:.1e}",
+            e.epoch,
+            e.train_loss,
+            e.val_loss,
+            e.val_r1,
+            e.val_r5,
+            e.val_r10,
+            e.lr
+        );
+    })?;
+    let info = HeadsInfo {
+        format: 1,
+        base_bundle_id: bundle.id_hex(),
+        base_bundle: bundle.dir.display().to_string(),
+        text_input: trained.text.input(),
+        image_input: trained.image.input(),
+        config: cfg.clone(),
+        best_epoch: trained.best_epoch,
+        history: trained.history.clone(),
+        train_pairs: train_pairs.len(),
+        val_pairs: val_pairs.len(),
+    };
+    store::save(out, &info, &trained)?;
+    crate::host::plot::training_curve(
+        &trained.history,
+        trained.best_epoch,
+        &out.join("curve.png"),
+    )?;
+    Ok(trained)
+}

@@ -1,0 +1,196 @@
+//! The soft-target contrastive loss of the original design, on L2-normalized outputs.
+//!
+//! ```text
+//! u, v    = rows of the text and image head outputs, L2-normalized
+//! logits  = u·vᵀ / τ
+//! targets = softmax_rows((u·uᵀ + v·vᵀ) / 2τ)
+//! loss    = ½ [ CE(targets, logits) + CE(targetsᵀ, logitsᵀ) ],  CE(y, z) = -mean_r Σ_c y_rc log softmax(z_r)_c
+//! ```
+//!
+//! Why normalized: the daemon ranks by cosine, so training sees exactly what search sees.
+//! Like the Keras original, the gradient also flows through the targets (they are a function
+//! of the outputs there too); the gradient check below covers both paths.
+
+use super::linalg::{dot, Mat};
+
+pub struct LossGrad {
+    pub loss: f64,
+    pub d_text: Mat,
+    pub d_image: Mat,
+}
+
+fn normalize(x: &Mat) -> (Mat, Vec<f64>) {
+    let mut u = x.clone();
+    let mut norms = Vec::with_capacity(x.rows);
+    for i in 0..x.rows {
+        let r = u.row_mut(i);
+        let n = dot(r, r).sqrt().max(1e-12);
+        r.iter_mut().for_each(|v| *v /= n);
+        norms.push(n);
+    }
+    (u, norms)
+}
+
+/// Row-wise log-softmax.
+fn log_softmax(z: &Mat) -> Mat {
+    let mut out = z.clone();
+    for i in 0..z.rows {
+        let r = out.row_mut(i);
+        let m = r.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let lse = m + r.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+        r.iter_mut().for_each(|v| *v -= lse);
+    }
+    out
+}
+
+/// d/dx of x/|x| applied to du, per row.
+fn normalize_backward(u: &Mat, norms: &[f64], du: &Mat) -> Mat {
+    let mut dx = du.clone();
+    for (i, norm) in norms.iter().enumerate() {
+        let ur = u.row(i);
+        let proj = dot(ur, du.row(i));
+        for (d, uv) in dx.row_mut(i).iter_mut().zip(ur) {
+            *d = (*d - uv * proj) / norm;
+        }
+    }
+    dx
+}
+
+pub fn contrastive(text: &Mat, image: &Mat, tau: f64) -> LossGrad {
+    assert_eq!((text.rows, text.cols), (image.rows, image.cols));
+    let b = text.rows as f64;
+    let (u, nu) = normalize(text);
+    let (v, nv) = normalize(image);
+    let mut logits = u.matmul_t(&v);
+    logits.data.iter_mut().for_each(|x| *x /= tau);
+    let mut sim = u.matmul_t(&u);
+    let sim_v = v.matmul_t(&v);
+    sim.data
+        .iter_mut()
+        .zip(&sim_v.data)
+        .for_each(|(a, b)| *a = (*a + b) / (2.0 * tau));
+    let mut targets = log_softmax(&sim);
+    targets.data.iter_mut().for_each(|x| *x = x.exp());
+    let targets_t = targets.transpose();
+    let logp = log_softmax(&logits); // caption direction
+    let logq = log_softmax(&logits.transpose()); // image direction
+    let ce = |y: &Mat, lp: &Mat| -> f64 {
+        -y.data.iter().zip(&lp.data).map(|(a, b)| a * b).sum::<f64>() / b
+    };
+    let loss = 0.5 * (ce(&targets, &logp) + ce(&targets_t, &logq));
+
+    // d/dz of -Σ y log softmax(z) is softmax(z)·Σy - y (targetsᵀ rows need not sum to 1)
+    let dz = |y: &Mat, lp: &Mat| -> Mat {
+        let mut g = Mat::zeros(y.rows, y.cols);
+        for i in 0..y.rows {
+            let ysum: f64 = y.row(i).iter().sum();
+            for ((d, yv), l) in g.row_mut(i).iter_mut().zip(y.row(i)).zip(lp.row(i)) {
+                *d = 0.5 * (l.exp() * ysum - yv) / b;
+            }
+        }
+        g
+    };
+    let mut d_logits = dz(&targets, &logp);
+    let d_logits_t = dz(&targets_t, &logq).transpose();
+    d_logits
+        .data
+        .iter_mut()
+        .zip(&d_logits_t.data)
+        .for_each(|(a, c)| *a += c);
+    // through the targets: dY = -½/B (log P + (log Q)ᵀ), then the row softmax
+    let logq_t = logq.transpose();
+    let mut d_sim = Mat::zeros(sim.rows, sim.cols);
+    for i in 0..sim.rows {
+        let dy: Vec<f64> = logp
+            .row(i)
+            .iter()
+            .zip(logq_t.row(i))
+            .map(|(p, q)| -0.5 * (p + q) / b)
+            .collect();
+        let y = targets.row(i);
+        let inner = dot(y, &dy);
+        for ((d, yv), dyv) in d_sim.row_mut(i).iter_mut().zip(y).zip(&dy) {
+            *d = yv * (dyv - inner);
+        }
+    }
+    // S = (uuᵀ + vvᵀ)/2τ → dU = (dS + dSᵀ)·u/2τ; L = u·vᵀ/τ → dU += dL·v/τ, dV += dLᵀ·u/τ
+    let mut d_sym = d_sim.clone();
+    let d_sim_t = d_sim.transpose();
+    d_sym
+        .data
+        .iter_mut()
+        .zip(&d_sim_t.data)
+        .for_each(|(a, c)| *a = (*a + c) / (2.0 * tau));
+    let mut du = d_sym.matmul(&u);
+    let mut dv = d_sym.matmul(&v);
+    let dl_v = d_logits.matmul(&v);
+    let dl_u = d_logits.t_matmul(&u);
+    du.data
+        .iter_mut()
+        .zip(&dl_v.data)
+        .for_each(|(a, c)| *a += c / tau);
+    dv.data
+        .iter_mut()
+        .zip(&dl_u.data)
+        .for_each(|(a, c)| *a += c / tau);
+    LossGrad {
+        loss,
+        d_text: normalize_backward(&u, &nu, &du),
+        d_image: normalize_backward(&v, &nv, &dv),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::linalg::Rng;
+    use super::*;
+
+    fn random(rows: usize, cols: usize, rng: &mut Rng) -> Mat {
+        let mut m = Mat::zeros(rows, cols);
+        m.data
+            .iter_mut()
+            .for_each(|v| *v = rng.uniform() * 2.0 - 1.0);
+        m
+    }
+
+    #[test]
+    fn gradient_matches_finite_differences() {
+        let mut rng = Rng::new(3);
+        let t = random(4, 3, &mut rng);
+        let i = random(4, 3, &mut rng);
+        let tau = 0.3;
+        let g = contrastive(&t, &i, tau);
+        for (which, base, ana) in [(0, &t, &g.d_text), (1, &i, &g.d_image)] {
+            for k in 0..base.data.len() {
+                let eps = 1e-6;
+                let at = |delta: f64| {
+                    let mut m = base.clone();
+                    m.data[k] += delta;
+                    if which == 0 {
+                        contrastive(&m, &i, tau).loss
+                    } else {
+                        contrastive(&t, &m, tau).loss
+                    }
+                };
+                let num = (at(eps) - at(-eps)) / (2.0 * eps);
+                assert!(
+                    (num - ana.data[k]).abs() < 1e-7,
+                    "tower {which} entry {k}: numeric {num} analytic {}",
+                    ana.data[k]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn matched_pairs_have_lower_loss_than_shuffled() {
+        let mut rng = Rng::new(5);
+        let t = random(8, 6, &mut rng);
+        let mut shuffled = t.clone();
+        shuffled.data.rotate_left(6); // image row r = text row r+1
+        let aligned = contrastive(&t, &t, 0.1).loss;
+        let misaligned = contrastive(&t, &shuffled, 0.1).loss;
+        assert!(aligned < misaligned, "{aligned} vs {misaligned}");
+        assert!(aligned.is_finite() && aligned > 0.0);
+    }
+}

@@ -1,0 +1,225 @@
+//! Training end to end on a slice of the real Tux Paint data: train → export (f32, int8,
+//! mixed) → the exported towers against the training forward pass → the daemon loads the
+//! bundle and finds the right frame. Plus the bad inputs `train` must refuse.
+
+mod common;
+use common::*;
+use moonlens::bundle::Bundle;
+use moonlens::encoder::Encoder;
+use moonlens::host::features;
+use moonlens::host::train::{self, command, store, Config};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The first `n` pairs of `data/pairs/<split>.jsonl`, image paths made absolute.
+fn slice(split: &str, n: usize, dir: &Path) -> PathBuf {
+    let src = data_dir().join("pairs").join(format!("{split}.jsonl"));
+    let base = src.parent().unwrap().to_path_buf();
+    let body = std::fs::read_to_string(&src).unwrap();
+    let out = dir.join(format!("{split}.jsonl"));
+    let mut f = std::fs::File::create(&out).unwrap();
+    for line in body.lines().take(n) {
+        let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let img = base.join(v["image"].as_str().unwrap());
+        v["image"] = serde_json::Value::String(img.to_string_lossy().into_owned());
+        writeln!(f, "{v}").unwrap();
+    }
+    out
+}
+
+fn small_config() -> Config {
+    Config {
+        dim: 64,
+        max_epochs: 6,
+        batch: 32,
+        ..Config::default()
+    }
+}
+
+#[test]
+fn train_export_load_search() {
+    let d = tempdir("train-e2e");
+    let (tr, va) = (slice("train", 80, &d), slice("val", 24, &d));
+    let bundle = default_bundle();
+    let cfg = small_config();
+    let heads_dir = d.join("heads");
+    let cache = d.join("cache");
+    let t = command::run(&bundle, &tr, &va, &heads_dir, Some(&cache), &cfg).unwrap();
+    assert!(!t.history.is_empty() && t.best_epoch >= 1);
+    assert!(heads_dir.join("curve.png").exists());
+    let first = &t.history[0];
+    assert!(
+        first.train_loss.is_finite() && first.val_loss.is_finite(),
+        "{first:?}"
+    );
+
+    // the cache is reused on a second run with unchanged inputs, and training is deterministic
+    let again = command::run(&bundle, &tr, &va, &d.join("heads2"), Some(&cache), &cfg).unwrap();
+    assert_eq!(
+        std::fs::read(heads_dir.join("heads.bin")).unwrap(),
+        std::fs::read(d.join("heads2/heads.bin")).unwrap(),
+        "same seed, same inputs: same heads"
+    );
+    assert_eq!(again.history.len(), t.history.len());
+    let vf = features::load_or_compute(&bundle, &moonlens::host::pairs::read(&va).unwrap(), &cache)
+        .unwrap();
+    assert!(vf.reused, "the second run must map the cached features");
+
+    // export f32 and int8 heads (no mix) and the mixed int8 bundle
+    let heads = store::load(&heads_dir).unwrap();
+    let f32_dir = d.join("bundle-f32");
+    let int8_dir = d.join("bundle-int8");
+    let mix_dir = d.join("bundle-mix");
+    moonlens::host::export::export(&heads, &bundle, &f32_dir, false, 0.0).unwrap();
+    moonlens::host::export::export(&heads, &bundle, &int8_dir, true, 0.0).unwrap();
+    moonlens::host::export::export(&heads, &bundle, &mix_dir, true, 0.8).unwrap();
+    let f32_enc = Encoder::load(&Bundle::open(&f32_dir).unwrap()).unwrap();
+    let int8_enc = Encoder::load(&Bundle::open(&int8_dir).unwrap()).unwrap();
+    assert_eq!(f32_enc.dim(), 64);
+
+    // exported f32 towers = the training forward pass on the cached features
+    let want_img = train::embed(
+        &heads.image,
+        &(0..vf.images).map(|i| vf.raw(i, 0)).collect::<Vec<_>>(),
+    );
+    let want_txt = train::embed(
+        &heads.text,
+        &(0..vf.texts).map(|i| vf.text(i)).collect::<Vec<_>>(),
+    );
+    let imgs: Vec<_> = vf
+        .image_paths
+        .iter()
+        .map(|p| image::open(p).unwrap())
+        .collect();
+    let (mut worst_f32, mut worst_int8) = (1f32, 1f32);
+    for (img, want) in imgs.iter().zip(&want_img) {
+        let a = f32_enc.embed_image(img).unwrap();
+        let b = int8_enc.embed_image(img).unwrap();
+        worst_f32 = worst_f32.min(cosine(&a, want));
+        worst_int8 = worst_int8.min(cosine(&a, &b));
+    }
+    for (text, want) in vf.captions.iter().zip(&want_txt) {
+        let a = f32_enc.embed_text(text).unwrap();
+        let b = int8_enc.embed_text(text).unwrap();
+        worst_f32 = worst_f32.min(cosine(&a, want));
+        worst_int8 = worst_int8.min(cosine(&a, &b));
+    }
+    eprintln!("exported f32 vs training forward: worst cosine {worst_f32:.6}; int8 vs f32: {worst_int8:.6}");
+    assert!(worst_f32 >= 0.999, "{worst_f32}");
+    assert!(worst_int8 >= 0.995, "{worst_int8}");
+
+    // int8 recall within one point of f32 on the whole test split
+    let test = data_dir().join("pairs/test.jsonl");
+    let rf = moonlens::host::eval::eval(&f32_enc, &test).unwrap().overall;
+    let ri = moonlens::host::eval::eval(&int8_enc, &test)
+        .unwrap()
+        .overall;
+    eprintln!("test recall f32 {rf:?}\n            int8 {ri:?}");
+    for (a, b) in [(rf.r1, ri.r1), (rf.r5, ri.r5), (rf.r10, ri.r10)] {
+        assert!((a - b).abs() <= 0.01, "f32 {rf:?} int8 {ri:?}");
+    }
+
+    // the daemon loads the mixed bundle unchanged and finds the rabbit
+    let sock = d.join("d.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_moonlensd"))
+        .current_dir(root())
+        .args([
+            "--source",
+            "dir:models/samples",
+            "--no-console",
+            "--capacity",
+            "100",
+        ])
+        .arg("--bundle")
+        .arg(&mix_dir)
+        .arg("--index")
+        .arg(d.join("index"))
+        .arg("--socket")
+        .arg(&sock)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let answer = loop {
+        let reply = (|| -> std::io::Result<serde_json::Value> {
+            let mut s = std::os::unix::net::UnixStream::connect(&sock)?;
+            s.set_read_timeout(Some(Duration::from_secs(30)))?;
+            writeln!(s, r#"{{"id":1,"cmd":"status"}}"#)?;
+            let mut l = String::new();
+            BufReader::new(s.try_clone()?).read_line(&mut l)?;
+            let st: serde_json::Value = serde_json::from_str(&l).map_err(std::io::Error::other)?;
+            if st["source_done"] != true {
+                return Err(std::io::Error::other("replay running"));
+            }
+            writeln!(s, r#"{{"id":2,"cmd":"search","text":"a rabbit","k":3}}"#)?;
+            let mut l = String::new();
+            BufReader::new(s).read_line(&mut l)?;
+            serde_json::from_str(&l).map_err(std::io::Error::other)
+        })();
+        if let Ok(v) = reply {
+            break v;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "daemon never answered"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(answer["hits"][0]["label"], "rabbit.png", "{answer}");
+}
+
+fn train_err(tr: &Path, va: &Path, cfg: &Config, out: &Path) -> String {
+    let r = command::run(
+        &default_bundle(),
+        tr,
+        va,
+        out,
+        Some(&out.join("cache")),
+        cfg,
+    );
+    assert!(
+        !out.join("heads.bin").exists(),
+        "a failed run must not write heads"
+    );
+    match r {
+        Ok(_) => panic!("training should have failed"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn bad_training_input_is_refused_with_a_message() {
+    let d = tempdir("train-bad");
+    let (tr, va) = (slice("train", 20, &d), slice("val", 8, &d));
+    let cfg = small_config();
+    // overlap between validation and training
+    let e = train_err(&tr, &tr, &cfg, &d.join("o1"));
+    assert!(e.contains("overlap"), "{e}");
+    // empty and malformed pairs files
+    std::fs::write(d.join("empty.jsonl"), "").unwrap();
+    let e = train_err(&d.join("empty.jsonl"), &va, &cfg, &d.join("o2"));
+    assert!(e.contains("no pairs"), "{e}");
+    std::fs::write(d.join("bad.jsonl"), "{\"image\": 1}\n").unwrap();
+    let e = train_err(&d.join("bad.jsonl"), &va, &cfg, &d.join("o3"));
+    assert!(e.contains("bad.jsonl:1"), "{e}");
+    // a missing image
+    std::fs::write(
+        d.join("missing.jsonl"),
+        "{\"image\": \"/nonexistent/x.png\", \"text\": \"a cat\"}\n{\"image\": \"/nonexistent/y.png\", \"text\": \"a dog\"}\n",
+    )
+    .unwrap();
+    let e = train_err(&d.join("missing.jsonl"), &va, &cfg, &d.join("o4"));
+    assert!(e.contains("does not exist"), "{e}");
+    // a diverging run stops with a message and writes nothing
+    let wild = Config {
+        lr: 1e9,
+        ..small_config()
+    };
+    let e = train_err(&tr, &va, &wild, &d.join("o5"));
+    assert!(e.contains("diverged"), "{e}");
+}
