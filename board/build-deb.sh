@@ -12,6 +12,16 @@ command -v cargo-deb >/dev/null || cargo install --locked cargo-deb@3.8.0
 cargo deb --no-build --target aarch64-unknown-linux-gnu \
   --deb-version "$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)-1" "$@"
 deb=$(ls -t target/aarch64-unknown-linux-gnu/debian/*.deb | head -1)
-echo "built $deb"
+echo "built $deb ($(stat -c %s "$deb") bytes)"
 dpkg-deb --info "$deb" | sed -n '1,20p'
-dpkg-deb --contents "$deb"
+# check what went in: the package's bundle is the committed one, its binary is for arm64
+x=$(mktemp -d)
+trap 'rm -rf "$x"' EXIT
+dpkg-deb -x "$deb" "$x"
+[ "$(dpkg-deb --field "$deb" Architecture)" = arm64 ]
+for f in models/default/*; do cmp "$f" "$x/opt/moonlens/models/default/$(basename "$f")"; done
+file "$x/opt/moonlens/bin/moonlensd" | grep -q "ARM aarch64" || { echo "packaged binary is not aarch64" >&2; exit 1; }
+for f in etc/moonlens/moonlensd.toml lib/systemd/system/moonlensd.service lib/udev/rules.d/99-moonlens.rules; do
+  [ -f "$x/$f" ] || { echo "package lacks /$f" >&2; exit 1; }
+done
+echo "package contents check: ok"
