@@ -223,3 +223,29 @@ fn bad_training_input_is_refused_with_a_message() {
     let e = train_err(&tr, &va, &wild, &d.join("o5"));
     assert!(e.contains("diverged"), "{e}");
 }
+
+#[test]
+fn contact_sheet_shows_the_best_hits_first() {
+    let d = tempdir("sheet");
+    let pairs = d.join("samples.jsonl");
+    let mut f = std::fs::File::create(&pairs).unwrap();
+    let mut names: Vec<_> = std::fs::read_dir(root().join("models/samples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .collect();
+    names.sort();
+    for p in &names {
+        let stem = p.file_stem().unwrap().to_string_lossy().into_owned();
+        writeln!(f, "{}", serde_json::json!({"image": p, "text": stem})).unwrap();
+    }
+    drop(f);
+    let out = d.join("sheet.png");
+    let hits = moonlens::host::sheet::sheet(encoder(), &pairs, "a rabbit", 6, &out).unwrap();
+    assert_eq!(hits.len(), 6);
+    assert!(hits[0].0.ends_with("rabbit.png"), "{hits:?}");
+    assert!(hits.windows(2).all(|w| w[0].1 >= w[1].1), "scores descend: {hits:?}");
+    let img = image::open(&out).unwrap();
+    // 4 tiles a row, 2 rows for 6 hits
+    assert_eq!((img.width(), img.height()), (4 * 200 + 20, 2 * 236 + 60));
+}
