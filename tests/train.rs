@@ -244,7 +244,10 @@ fn contact_sheet_shows_the_best_hits_first() {
     let hits = moonlens::host::sheet::sheet(encoder(), &pairs, "a rabbit", 6, &out).unwrap();
     assert_eq!(hits.len(), 6);
     assert!(hits[0].0.ends_with("rabbit.png"), "{hits:?}");
-    assert!(hits.windows(2).all(|w| w[0].1 >= w[1].1), "scores descend: {hits:?}");
+    assert!(
+        hits.windows(2).all(|w| w[0].1 >= w[1].1),
+        "scores descend: {hits:?}"
+    );
     let img = image::open(&out).unwrap();
     // 4 tiles a row, 2 rows for 6 hits
     assert_eq!((img.width(), img.height()), (4 * 200 + 20, 2 * 236 + 60));

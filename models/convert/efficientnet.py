@@ -9,6 +9,8 @@ import math
 
 import numpy as np
 
+import quant
+
 from onnx_util import Graph, f32_input
 from torch_pth import load_state_dict
 
@@ -69,8 +71,7 @@ def build(pth_path, weight_hook=None):
     pooled = g.op("GlobalAveragePool", [x])
     feats = g.op("Flatten", [pooled], axis=1)
     fc_w = sd["_fc.weight"].T.astype(np.float32)
-    fc = weight_hook(g, fc_w, "_fc") if weight_hook else g.const(fc_w, "fc_w")
-    logits = g.op("Add", [g.op("MatMul", [feats, fc]), g.const(sd["_fc.bias"], "fc_b")])
+    logits = g.op("Add", [quant.matmul(g, feats, fc_w, "_fc", weight_hook), g.const(sd["_fc.bias"], "fc_b")])
     return g, logits, feats
 
 

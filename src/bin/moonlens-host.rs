@@ -15,6 +15,7 @@ const USAGE: &str = "usage:
   moonlens-host export --heads DIR --out BUNDLE [--bundle BASE] [--int8] [--mix W]
   moonlens-host sheet --bundle DIR --pairs FILE.jsonl --query TEXT --out FILE.png [--k 12]
   moonlens-host bench encode --bundle DIR [--runs N] [--json]
+  moonlens-host bench profile --bundle DIR [--runs N]
   moonlens-host bench search [--entries N] [--queries N] [--json]";
 
 fn main() {
@@ -142,6 +143,11 @@ fn run() -> Result<()> {
             args.only(&["bundle", "runs", "json"])?;
             let enc = Encoder::load(&Bundle::open(args.require("bundle")?)?)?;
             moonlens::host::bench::encode(&enc, args.number("runs", 20)?, args.flag("json"))
+        }
+        ("bench", Some("profile")) => {
+            args.only(&["bundle", "runs"])?;
+            let enc = Encoder::load(&Bundle::open(args.require("bundle")?)?)?;
+            moonlens::host::bench::profile(&enc, args.number("runs", 10)?)
         }
         ("bench", Some("search")) => {
             args.only(&["entries", "queries", "json"])?;

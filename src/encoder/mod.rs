@@ -155,6 +155,11 @@ impl Encoder {
         &self.bundle
     }
 
+    /// The optimized batch-1 image plan and the text plan (for profiling).
+    pub fn plans(&self) -> (&Plan, &Plan) {
+        (&self.image_one, &self.text)
+    }
+
     /// Width of the embeddings this encoder returns.
     pub fn dim(&self) -> usize {
         self.dim

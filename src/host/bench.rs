@@ -92,8 +92,10 @@ pub fn search(entries: usize, queries: usize, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// Per tower: median latency over `runs` single-thread runs after warm-up, and load time.
+/// Per tower: median latency over `runs` runs after warm-up, on one thread and on all cores
+/// (tract's rayon executor), and load time.
 pub fn encode(enc: &Encoder, runs: usize, json: bool) -> Result<()> {
+    use tract_linalg::multithread::{multithread_tract_scope, Executor};
     let runs = runs.max(5);
     let img = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(640, 480, |x, y| {
         image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x * y) % 256) as u8])
@@ -115,17 +117,124 @@ pub fn encode(enc: &Encoder, runs: usize, json: bool) -> Result<()> {
         std::hint::black_box(enc.preprocess(&img));
         Ok(())
     })?;
+    let query = "a rabbit next to the full moon";
     let image_ms = time(&mut || enc.embed_image(&img).map(|_| ()))?;
-    let text_ms = time(&mut || enc.embed_text("a rabbit next to the full moon").map(|_| ()))?;
+    let text_ms = time(&mut || enc.embed_text(query).map(|_| ()))?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (image_all, text_all) = multithread_tract_scope(Executor::multithread(cores), || {
+        Ok::<_, crate::Error>((
+            time(&mut || enc.embed_image(&img).map(|_| ()))?,
+            time(&mut || enc.embed_text(query).map(|_| ()))?,
+        ))
+    })?;
     let load_ms = enc.load_time.as_secs_f64() * 1e3;
     if !json {
-        eprintln!("bundle {}: load {load_ms:.0} ms (both towers); image {image_ms:.1} ms (of which preprocessing {pre:.1} ms); text {text_ms:.1} ms", enc.bundle().manifest.name);
+        eprintln!("bundle {}: load {load_ms:.0} ms (both towers); one thread: image {image_ms:.1} ms (of which preprocessing {pre:.1} ms), text {text_ms:.1} ms; {cores} cores: image {image_all:.1} ms, text {text_all:.1} ms", enc.bundle().manifest.name);
     }
     println!(
         "{}",
         serde_json::json!({"bundle": enc.bundle().manifest.name, "threads": 1,
             "image": {"median_ms": image_ms, "preprocess_ms": pre, "load_ms": load_ms},
-            "text": {"median_ms": text_ms, "load_ms": load_ms}})
+            "text": {"median_ms": text_ms, "load_ms": load_ms},
+            "all_cores": {"threads": cores, "image": {"median_ms": image_all},
+                          "text": {"median_ms": text_all}}})
     );
+    Ok(())
+}
+
+/// Where the time goes: each tower's optimized tract plan run `runs` times on the inputs
+/// `encode` uses, every node timed through tract's own evaluation hook, totals per operator
+/// kind, largest first. Prints one JSON line per tower.
+pub fn profile(enc: &Encoder, runs: usize) -> Result<()> {
+    use std::collections::HashMap;
+    use tract_onnx::prelude::*;
+    let img = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(640, 480, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x * y) % 256) as u8])
+    }));
+    let [c, h, w] = enc.bundle().manifest.image.shape;
+    let pixels = Tensor::from_shape(&[1, c, h, w], &enc.preprocess(&img))
+        .map_err(|e| crate::Error::new(format!("{e:#}")))?;
+    let ids: Vec<i64> = enc
+        .tokenize("a rabbit next to the full moon")?
+        .into_iter()
+        .map(i64::from)
+        .collect();
+    let n = ids.len();
+    let ids = Tensor::from_shape(&[1, n], &ids).map_err(|e| crate::Error::new(format!("{e:#}")))?;
+    let mask = Tensor::from_shape(&[1, n], &vec![1i64; n])
+        .map_err(|e| crate::Error::new(format!("{e:#}")))?;
+    let (image_plan, text_plan) = enc.plans();
+    for (tower, plan, inputs) in [
+        ("image", image_plan, tvec![pixels.into_tvalue()]),
+        (
+            "text",
+            text_plan,
+            tvec![ids.into_tvalue(), mask.into_tvalue()],
+        ),
+    ] {
+        let mut per_op: HashMap<String, (f64, usize)> = HashMap::new();
+        let mut per_node: HashMap<String, f64> = HashMap::new();
+        let mut total = 0.0;
+        let mut state = tract_core::plan::SimpleState::new(plan)
+            .map_err(|e| crate::Error::new(format!("{e:#}")))?;
+        for run in 0..runs.max(1) + 2 {
+            let t_run = Instant::now();
+            let mut times: Vec<(String, f64)> = Vec::new();
+            state
+                .run_plan_with_eval(inputs.clone(), |ctx, st, node, input| {
+                    let t = Instant::now();
+                    let r = tract_core::plan::eval(ctx, st, node, input);
+                    let ms = t.elapsed().as_secs_f64() * 1e3;
+                    times.push((node.op().name().to_string(), ms));
+                    *per_node
+                        .entry(format!("{} ({})", node.name, node.op().name()))
+                        .or_default() += ms;
+                    r
+                })
+                .map_err(|e| crate::Error::new(format!("{tower} tower: {e:#}")))?;
+            if run >= 2 {
+                // two warm-up runs
+                total += t_run.elapsed().as_secs_f64() * 1e3;
+                for (op, ms) in times {
+                    let e = per_op.entry(op).or_default();
+                    e.0 += ms;
+                    e.1 += 1;
+                }
+            }
+        }
+        let runs = runs.max(1) as f64;
+        let mut ops: Vec<(String, f64, usize)> = per_op
+            .into_iter()
+            .map(|(op, (ms, count))| (op, ms / runs, (count as f64 / runs) as usize))
+            .collect();
+        ops.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let per_run = total / runs;
+        eprintln!(
+            "{tower} tower: {per_run:.2} ms a run ({} bundle)",
+            enc.bundle().manifest.name
+        );
+        for (op, ms, count) in ops.iter().take(12) {
+            eprintln!(
+                "  {ms:8.3} ms {:5.1}%  {count:4} x {op}",
+                100.0 * ms / per_run
+            );
+        }
+        let mut nodes: Vec<(String, f64)> = per_node.into_iter().collect();
+        nodes.sort_by(|a, b| b.1.total_cmp(&a.1));
+        eprintln!("  slowest nodes:");
+        for (name, ms) in nodes.iter().take(6) {
+            eprintln!("  {:8.3} ms  {name}", ms / (runs + 2.0));
+        }
+        let top: Vec<serde_json::Value> = ops
+            .iter()
+            .take(12)
+            .map(|(op, ms, count)| serde_json::json!({"op": op, "ms": ms, "nodes": count}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"tower": tower, "bundle": enc.bundle().manifest.name,
+                "ms_per_run": per_run, "ops": top})
+        );
+    }
     Ok(())
 }
