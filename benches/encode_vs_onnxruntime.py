@@ -4,7 +4,7 @@ same ONNX files, measured in the same run, printed as ratios.
 
 Usage (from the repository root, with the venv models/convert/build.sh makes):
     .venv/bin/python benches/encode_vs_onnxruntime.py [--int8 models/default]
-        [--f32 models/build/heads-raw-mix-f32] [--runs 20]
+        [--f32 models/build/heads-raw-en-zh-mix-f32] [--runs 20]
 
 The f32 twin of the default is written by models/convert/train-default.sh. Inputs are the
 ones `bench encode` uses: a 640x480 synthetic frame through the bundle's preprocessing and the
@@ -75,7 +75,7 @@ def onnxruntime(bundle, runs):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--int8", default=os.path.join(ROOT, "models", "default"))
-    ap.add_argument("--f32", default=os.path.join(ROOT, "models", "build", "heads-raw-mix-f32"))
+    ap.add_argument("--f32", default=os.path.join(ROOT, "models", "build", "heads-raw-en-zh-mix-f32"))
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--host", default=os.path.join(ROOT, "target", "release", "moonlens-host"))
     a = ap.parse_args()

@@ -46,6 +46,7 @@ fn train_export_load_search() {
     let cfg = small_config();
     let heads_dir = d.join("heads");
     let cache = d.join("cache");
+    let (tr, va) = (vec![tr], vec![va]);
     let t = command::run(&bundle, &tr, &va, &heads_dir, Some(&cache), &cfg).unwrap();
     assert!(!t.history.is_empty() && t.best_epoch >= 1);
     assert!(heads_dir.join("curve.png").exists());

@@ -1,8 +1,8 @@
 """Tux Paint stamps -> image/caption pairs files with a fixed train/val/test split by stamp.
 
 Usage: tuxpaint.py STAMPS_DIR OUT_DIR
-Writes OUT_DIR/{train,val,test}.jsonl (English first lines) and OUT_DIR/test_zh_CN.jsonl (the
-`zh_CN.utf8=` translations) with lines {"image": "<path relative to OUT_DIR>", "text": "..."}.
+Writes OUT_DIR/{train,val,test}.jsonl (English first lines) and OUT_DIR/{train,val,test}_zh_CN.jsonl
+(the `zh_CN.utf8=` translations) with lines {"image": "<path relative to OUT_DIR>", "text": "..."}.
 Only stamps with a PNG image are used (SVG-only stamps would need a rasterizer). The split is
 a hash of the stamp's path, so it never changes when stamps are added or removed.
 """
@@ -19,7 +19,7 @@ def split_of(rel):
 
 def main(stamps, out):
     os.makedirs(out, exist_ok=True)
-    files = {name: [] for name in ("train", "val", "test", "test_zh_CN", "val_zh_CN")}
+    files = {name: [] for name in ("train", "val", "test", "train_zh_CN", "test_zh_CN", "val_zh_CN")}
     skipped = 0
     for root, _, names in sorted(os.walk(stamps)):
         for n in sorted(names):
@@ -37,7 +37,7 @@ def main(stamps, out):
             split = split_of(os.path.relpath(png, stamps))
             files[split].append({"image": image, "text": lines[0].strip()})
             zh = [l.split("=", 1)[1].strip() for l in lines if l.startswith("zh_CN") and "=" in l]
-            if zh and zh[0] and split in ("val", "test"):
+            if zh and zh[0]:
                 files[f"{split}_zh_CN"].append({"image": image, "text": zh[0]})
     for name, rows in files.items():
         with open(os.path.join(out, name + ".jsonl"), "w", encoding="utf-8") as f:

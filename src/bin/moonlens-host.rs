@@ -8,7 +8,7 @@ use std::path::Path;
 
 const USAGE: &str = "usage:
   moonlens-host eval --bundle DIR --pairs FILE.jsonl
-  moonlens-host train --pairs TRAIN.jsonl --val VAL.jsonl --out DIR [--bundle models/default]
+  moonlens-host train --pairs TRAIN.jsonl[,MORE.jsonl] --val VAL.jsonl[,…] --out DIR [--bundle models/default]
         [--image-input raw|bridge] [--dim 256] [--blocks 1] [--dropout 0.1] [--temperature T]
         [--lr 1e-3] [--weight-decay 1e-3] [--batch 64] [--epochs 100] [--patience 3] [--seed 1]
         [--cache DIR]
@@ -86,10 +86,14 @@ fn run() -> Result<()> {
             };
             let bundle = Bundle::open(args.get("bundle").unwrap_or("models/default"))?;
             let out = Path::new(args.require("out")?);
+            // several files, comma-separated: `--pairs train.jsonl,train_zh_CN.jsonl`
+            let files = |name: &str| -> moonlens::Result<Vec<std::path::PathBuf>> {
+                Ok(args.require(name)?.split(',').map(Into::into).collect())
+            };
             let t = moonlens::host::train::command::run(
                 &bundle,
-                Path::new(args.require("pairs")?),
-                Path::new(args.require("val")?),
+                &files("pairs")?,
+                &files("val")?,
                 out,
                 args.get("cache").map(Path::new),
                 &cfg,

@@ -31,17 +31,29 @@ pub fn check_disjoint(train: &[Pair], val: &[Pair]) -> Result<()> {
     Ok(())
 }
 
+/// The pairs of several files, one after the other (e.g. English and Chinese captions of
+/// the same images).
+pub fn read_all(paths: &[PathBuf]) -> Result<Vec<Pair>> {
+    let mut all = Vec::new();
+    for p in paths {
+        all.extend(pairs::read(p)?);
+    }
+    Ok(all)
+}
+
 pub fn run(
     bundle: &Bundle,
-    train_path: &Path,
-    val_path: &Path,
+    train_paths: &[PathBuf],
+    val_paths: &[PathBuf],
     out: &Path,
     cache_dir: Option<&Path>,
     cfg: &Config,
 ) -> Result<Trained> {
-    let train_pairs = pairs::read(train_path)?;
-    let val_pairs = pairs::read(val_path)?;
+    let train_pairs = read_all(train_paths)?;
+    let val_pairs = read_all(val_paths)?;
     check_disjoint(&train_pairs, &val_pairs)?;
+    let train_path = &train_paths[0];
+    let val_path = &val_paths[0];
     let default_cache = train_path
         .parent()
         .unwrap_or(Path::new("."))
