@@ -64,8 +64,12 @@ fn train_export_load_search() {
         "same seed, same inputs: same heads"
     );
     assert_eq!(again.history.len(), t.history.len());
-    let vf = features::load_or_compute(&bundle, &moonlens::host::pairs::read(&va).unwrap(), &cache)
-        .unwrap();
+    let vf = features::load_or_compute(
+        &bundle,
+        &moonlens::host::pairs::read(&va[0]).unwrap(),
+        &cache,
+    )
+    .unwrap();
     assert!(vf.reused, "the second run must map the cached features");
 
     // export f32 and int8 heads (no mix) and the mixed int8 bundle
@@ -175,10 +179,11 @@ fn train_export_load_search() {
 }
 
 fn train_err(tr: &Path, va: &Path, cfg: &Config, out: &Path) -> String {
+    let (tr, va) = ([tr.to_path_buf()], [va.to_path_buf()]);
     let r = command::run(
         &default_bundle(),
-        tr,
-        va,
+        &tr,
+        &va,
         out,
         Some(&out.join("cache")),
         cfg,
