@@ -55,9 +55,12 @@ def _gelu(g, x):
                         g.op("Add", [e, g.const(np.float32(1.0))])])
 
 
-def build(safetensors_path, weight_hook=None, embedding_hook=None):
-    """Returns (Graph, embedding name). Hooks let the int8 recipe replace weight constants."""
-    sd = load_safetensors(safetensors_path)
+def build(source, weight_hook=None, embedding_hook=None):
+    """Returns (Graph, embedding name). `source`: a safetensors path or a dict of BERT-named
+    arrays (e5.py hands multilingual-e5-small over that way; the architecture is the same,
+    only the depth differs). Hooks let the int8 recipe replace weight constants."""
+    sd = load_safetensors(source) if isinstance(source, str) else source
+    layers = len({k.split(".")[2] for k in sd if k.startswith("encoder.layer.")}) or LAYERS
     g = Graph()
     word = _key(sd, "embeddings.word_embeddings.weight")
     if embedding_hook:
@@ -78,7 +81,7 @@ def build(safetensors_path, weight_hook=None, embedding_hook=None):
     bias = g.op("Unsqueeze", [bias, g.const(np.array([1, 2], np.int64))])  # N x 1 x 1 x S
     split = g.const(np.array([0, -1, HEADS, HEAD_DIM], np.int64))
     merge = g.const(np.array([0, -1, HIDDEN], np.int64))
-    for i in range(LAYERS):
+    for i in range(layers):
         p = f"encoder.layer.{i}"
         heads = []
         for part in ("query", "key", "value"):
@@ -133,7 +136,8 @@ def reference_forward(sd, ids, mask):
         + k("embeddings.token_type_embeddings.weight")[0]
     x = ln(x, "embeddings.LayerNorm")
     mask = np.asarray(mask, np.float64)
-    for i in range(LAYERS):
+    layers = len({n.split(".")[2] for n in sd if n.startswith("encoder.layer.")}) or LAYERS
+    for i in range(layers):
         p = f"encoder.layer.{i}"
         q, kk, v = (lin(x, f"{p}.attention.self.{n}").reshape(s, HEADS, HEAD_DIM).transpose(1, 0, 2)
                     for n in ("query", "key", "value"))
