@@ -165,6 +165,20 @@ fn socket_search_status_thumb_and_bad_input() {
     .unwrap();
     assert_eq!(v["ok"], true);
     assert_eq!(v["hits"].as_array().unwrap().len(), 1);
+    // the byte limit counts bytes, not characters: a Chinese query just inside it is
+    // answered, one just over it is refused, and the connection keeps serving
+    let head = "search ";
+    let tail = " k=1\n";
+    let fits = (moonlens::protocol::MAX_LINE - head.len() - tail.len() + 1) / 3;
+    let line = format!("{head}{}{tail}", "兔".repeat(fits));
+    assert!(line.len() - 1 <= moonlens::protocol::MAX_LINE);
+    let r = ask_human(&mut s, line.as_bytes());
+    assert!(r[0].starts_with("+HIT"), "{:?}", &r[..1]);
+    let over = format!("{head}{}{tail}", "兔".repeat(fits + 2));
+    let r = ask_human(&mut s, over.as_bytes());
+    assert!(r[0].starts_with("ERROR") && r[0].contains("long"), "{r:?}");
+    let r = ask_human(&mut s, "search 月亮 k=1\n".as_bytes());
+    assert!(r[0].starts_with("+HIT"), "{r:?}");
 }
 
 #[test]
@@ -237,6 +251,11 @@ fn serial_line_on_a_pseudo_terminal() {
         hits[0].starts_with("+HIT") && hits[0].ends_with("rabbit.png"),
         "{hits:?}"
     );
+    // UTF-8 queries on the serial line: Chinese, emoji, right-to-left
+    for q in ["兔子", "🐇🌕", "ארנב"] {
+        let r = reply(format!("search {q} k=1\r\n").as_bytes());
+        assert!(r[0].starts_with("+HIT"), "{q}: {r:?}");
+    }
     // binary garbage on the line, then a normal query still works
     let garbage = reply(b"\x00\x13\xff\xfe\x80\x81garbage\r\n");
     assert!(garbage[0].starts_with("ERROR"), "{garbage:?}");
