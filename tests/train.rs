@@ -8,10 +8,8 @@ use moonlens::bundle::Bundle;
 use moonlens::encoder::Encoder;
 use moonlens::host::features;
 use moonlens::host::train::{self, command, store, Config};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 /// The first `n` pairs of `data/pairs/<split>.jsonl`, image paths made absolute.
 fn slice(split: &str, n: usize, dir: &Path) -> PathBuf {
@@ -127,54 +125,12 @@ fn train_export_load_search() {
     }
 
     // the daemon loads the mixed bundle unchanged and finds the rabbit
-    let sock = d.join("d.sock");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_moonlensd"))
-        .current_dir(root())
-        .args([
-            "--source",
-            "dir:models/samples",
-            "--no-console",
-            "--capacity",
-            "100",
-        ])
-        .arg("--bundle")
-        .arg(&mix_dir)
-        .arg("--index")
-        .arg(d.join("index"))
-        .arg("--socket")
-        .arg(&sock)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    let answer = loop {
-        let reply = (|| -> std::io::Result<serde_json::Value> {
-            let mut s = std::os::unix::net::UnixStream::connect(&sock)?;
-            s.set_read_timeout(Some(Duration::from_secs(30)))?;
-            writeln!(s, r#"{{"id":1,"cmd":"status"}}"#)?;
-            let mut l = String::new();
-            BufReader::new(s.try_clone()?).read_line(&mut l)?;
-            let st: serde_json::Value = serde_json::from_str(&l).map_err(std::io::Error::other)?;
-            if st["source_done"] != true {
-                return Err(std::io::Error::other("replay running"));
-            }
-            writeln!(s, r#"{{"id":2,"cmd":"search","text":"a rabbit","k":3}}"#)?;
-            let mut l = String::new();
-            BufReader::new(s).read_line(&mut l)?;
-            serde_json::from_str(&l).map_err(std::io::Error::other)
-        })();
-        if let Ok(v) = reply {
-            break v;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(90),
-            "daemon never answered"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let _ = child.kill();
-    let _ = child.wait();
+    let daemon = start("train-e2e-daemon", &["--bundle", mix_dir.to_str().unwrap()]);
+    let answer = ask_json(
+        &daemon.socket,
+        &serde_json::json!({"id": 2, "cmd": "search", "text": "a rabbit", "k": 3}),
+    )
+    .unwrap();
     assert_eq!(answer["hits"][0]["label"], "rabbit.png", "{answer}");
 }
 

@@ -3,8 +3,13 @@
 
 use moonlens::bundle::Bundle;
 use moonlens::encoder::Encoder;
-use std::path::PathBuf;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -48,4 +53,75 @@ pub fn tempdir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+/// The real daemon binary replaying `models/samples/` into a fresh index, with a socket;
+/// killed on drop.
+pub struct Daemon {
+    pub child: Child,
+    pub socket: PathBuf,
+    _dir: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn start(name: &str, extra: &[&str]) -> Daemon {
+    let dir = tempdir(name);
+    let socket = dir.join("d.sock");
+    let child = Command::new(env!("CARGO_BIN_EXE_moonlensd"))
+        .current_dir(root())
+        .args([
+            "--source",
+            "dir:models/samples",
+            "--no-console",
+            "--capacity",
+            "1000",
+            "--index",
+        ])
+        .arg(dir.join("index"))
+        .arg("--socket")
+        .arg(&socket)
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let d = Daemon {
+        child,
+        socket,
+        _dir: dir,
+    };
+    let t0 = Instant::now();
+    loop {
+        if let Ok(st) = ask_json(&d.socket, &json!({"id": 0, "cmd": "status"})) {
+            if st["source_done"] == true {
+                assert_eq!(st["frames"], 22, "{st}");
+                return d;
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "daemon did not finish its replay"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn connect(path: &Path) -> std::io::Result<UnixStream> {
+    let s = UnixStream::connect(path)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    Ok(s)
+}
+
+pub fn ask_json(path: &Path, req: &Value) -> std::io::Result<Value> {
+    let mut s = connect(path)?;
+    writeln!(s, "{req}")?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line)?;
+    serde_json::from_str(&line).map_err(std::io::Error::other)
 }
