@@ -15,6 +15,19 @@
 //! - [`encoder`]: preprocessing, tokenization and the two tract plans; `embed_image`,
 //!   `embed_text`.
 //! - [`error`]: one error type whose messages say what to do.
+//! - [`index`]: the memory-mapped ring of quantized embeddings and thumbnails
+//!   (`src/index/FORMAT.md`), exact top-k search.
+//! - [`protocol`]: typed requests and responses parsed from bounded lines of bytes.
+//! - [`source`]: frame sources (V4L2, a directory replay, a fault injector for tests).
+//! - [`daemon`]: ingest, transports (socket, serial, console), watches.
+//! - `host` (feature `host`, workstation only): offline training of the projection heads
+//!   (`host::train`, hand-written gradients), export to a bundle (`host::export`), features
+//!   cache, evaluation, contact sheets and benchmarks.
+//!
+//! ```text
+//! training: pairs ──▶ host::features (frozen towers, cached) ──▶ host::train ──heads──▶
+//!           host::export ──▶ bundle the daemon loads unchanged
+//! ```
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod bundle;
