@@ -4,7 +4,7 @@
 //! block W [dim×dim], b, γ, β).
 
 use super::head::Head;
-use super::linalg::{Mat, Rng};
+use super::linalg::Rng;
 use super::{Config, Epoch, Trained};
 use crate::error::{Context, Error, Result};
 use std::path::Path;
@@ -101,9 +101,4 @@ pub fn load(dir: &Path) -> Result<Heads> {
         text: text_head,
         image: image_head,
     })
-}
-
-/// W0 of a head as rows (for tests and export).
-pub fn matrix_f32(m: &Mat) -> Vec<f32> {
-    m.data.iter().map(|v| *v as f32).collect()
 }
