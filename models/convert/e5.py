@@ -77,6 +77,73 @@ def read(path):
     return cfg, pieces, scores, norm, tensors
 
 
+def read_q4(path):
+    """The Q4_0 matrices as stored: name -> (nibbles uint8 [rows, blocks, 16], scales f32
+    [rows, blocks, 1]); rows are output channels (or vocabulary rows), blocks run along the
+    input dimension."""
+    b = open(path, "rb").read()
+    cfg, _, _, _, tensors = read(path)  # for the directory offsets below, parse once more
+    p = 8 + 28 + 8
+    npieces = struct.unpack_from("<i", b, p)[0]; p += 20
+    (bloblen,) = struct.unpack_from("<Q", b, p); p += 8
+    p += 4 * (npieces + 1) + 4 * npieces + bloblen
+    nnorm, nmbytes = struct.unpack_from("<iI", b, p); p += 8 + nmbytes
+    (ndir,) = struct.unpack_from("<i", b, p); p += 4
+    out = {}
+    for _ in range(ndir):
+        (nl,) = struct.unpack_from("<H", b, p); p += 2
+        name = b[p:p + nl].decode(); p += nl
+        dtype = b[p]; p += 1
+        (n,) = struct.unpack_from("<I", b, p); p += 4
+        off, _ = struct.unpack_from("<QQ", b, p); p += 16
+        if dtype == 1:
+            blocks = np.frombuffer(b, np.uint8, n // 32 * 18, off).reshape(-1, 18)
+            rows = n // (cfg["ffn"] if name.endswith(".fo.w") else cfg["hidden"])
+            nb = n // rows // 32
+            out[name] = (blocks[:, 2:].reshape(rows, nb, 16).copy(),
+                         _f16(blocks[:, :2].copy()).reshape(rows, nb, 1))
+    return out
+
+
+def q4_unpack(g, packed, scales):
+    """In-graph dequantization of Q4_0 blocks [.., blocks, 16] -> f32 [.., blocks, 32]: byte j
+    holds weight j (low nibble) and weight j + 16 (high nibble), weight = (nibble - 8) x scale.
+    Integer Div/Sub instead of bit operations, which every runtime has."""
+    b = g.op("Cast", [packed], to=6)  # int32
+    hi = g.op("Div", [b, g.const(np.int32(16))])
+    lo = g.op("Sub", [b, g.op("Mul", [hi, g.const(np.int32(16))])])
+    w = g.op("Cast", [g.op("Concat", [lo, hi], axis=-1)], to=1)
+    return g.op("Mul", [g.op("Sub", [w, g.const(np.float32(8.0))]), g.op("Cast", [scales], to=1)])
+
+
+def q4_hooks(q4, cfg):
+    """Weight and embedding hooks for minilm.build that keep the source's 4-bit blocks (the
+    file's own quantization, so nothing is quantized twice). Matrices unpack from constants,
+    which tract and onnxruntime fold at load; the word table stays 4-bit in memory and only the
+    gathered rows are unpacked."""
+    names = {"attention.self.query": "q", "attention.self.key": "k", "attention.self.value": "v",
+             "attention.output.dense": "ao", "intermediate.dense": "fi", "output.dense": "fo"}
+
+    def weight(g, w, prefix):
+        layer = int(prefix.split(".")[2])
+        short = names[prefix.split(".", 3)[3]]
+        packed, scales = q4[f"l{layer}.{short}.w"]
+        rows = packed.shape[0]
+        m = q4_unpack(g, g.const(packed, prefix + "_q4"), g.const(scales.astype(np.float16), prefix + "_s"))
+        m = g.op("Reshape", [m, g.const(np.array([rows, -1], np.int64))])  # [out, in]
+        return g.op("Transpose", [m], perm=[1, 0])  # [in, out]
+
+    def embedding(g, table, ids):
+        packed, scales = q4["emb.word"]
+        rows = g.op("Gather", [g.const(packed, "word_q4"), ids], axis=0)  # N x S x blocks x 16
+        sc = g.op("Gather", [g.const(scales.astype(np.float16), "word_s"), ids], axis=0)
+        w = q4_unpack(g, rows, sc)
+        shape = g.op("Concat", [g.op("Shape", [ids]), g.const(np.array([cfg["hidden"]], np.int64))], axis=0)
+        return g.op("Reshape", [w, shape])
+
+    return weight, embedding
+
+
 def bert_dict(cfg, t):
     """The tensors under BERT's names (what minilm.build reads). The position table in the
     file already starts at XLM-R's first real position, so positions count from 0."""
