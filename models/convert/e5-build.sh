@@ -26,3 +26,7 @@ $host train --bundle models/build/bridge-e5-int8 --pairs $pairs/train.jsonl,$pai
   --val $pairs/val.jsonl --out models/build/heads-e5-raw-en-zh --image-input raw --seed 1
 $host export --heads models/build/heads-e5-raw-en-zh --bundle models/build/bridge-e5-int8 --int8 --mix 0.8 \
   --out models/build/heads-e5-raw-en-zh-mix-int8
+$host train --bundle models/build/bridge-e5-pruned-int8 --pairs $pairs/train.jsonl,$pairs/train_zh_CN.jsonl \
+  --val $pairs/val.jsonl --out models/build/heads-e5-pruned-raw-en-zh --image-input raw --seed 1
+$host export --heads models/build/heads-e5-pruned-raw-en-zh --bundle models/build/bridge-e5-pruned-int8 \
+  --int8 --mix 0.8 --out models/build/heads-e5-pruned-raw-en-zh-mix-int8

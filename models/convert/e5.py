@@ -144,6 +144,22 @@ def q4_hooks(q4, cfg):
     return weight, embedding
 
 
+def pruned(cfg, pieces, scores, q4, corpus, tokenizer):
+    """The vocabulary cut to what `corpus` uses (tokenized with the full vocabulary) plus every
+    single-character piece (so any text still tokenizes, at worst a character at a time) and
+    the specials, in the original order: returns (pieces, scores, q4 with the word table's rows
+    cut to match). Ids change; the tokenizer.json made from the result maps text to them."""
+    used = {0, 1, 2, 3}
+    for t in corpus:
+        used.update(tokenizer.encode(t).ids)
+    used |= {i for i, p in enumerate(pieces) if len(p) == 1 or (len(p) == 2 and p[0] == META)}
+    keep = np.array(sorted(used))
+    assert list(keep[:4]) == [0, 1, 2, 3]
+    packed, scales = q4["emb.word"]
+    q4 = dict(q4, **{"emb.word": (packed[keep], scales[keep])})
+    return [pieces[i] for i in keep], [scores[i] for i in keep], q4
+
+
 def bert_dict(cfg, t):
     """The tensors under BERT's names (what minilm.build reads). The position table in the
     file already starts at XLM-R's first real position, so positions count from 0."""

