@@ -372,8 +372,10 @@ pub fn export(heads: &Heads, base: &Bundle, out: &Path, int8: bool, mix: f64) ->
         ImageInput::Raw => "raw",
         ImageInput::Bridge => "bridge",
     };
+    // named after the heads directory, so `status` tells trained variants apart
     manifest.name = format!(
-        "heads-{kind}{}-{}",
+        "{}{}-{}",
+        heads.name,
         if mix > 0.0 { "-mix" } else { "" },
         if int8 { "int8" } else { "f32" }
     );

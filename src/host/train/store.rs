@@ -25,6 +25,8 @@ pub struct HeadsInfo {
 }
 
 pub struct Heads {
+    /// The heads directory's own name: exported bundles are named after it.
+    pub name: String,
     pub info: HeadsInfo,
     pub text: Head,
     pub image: Head,
@@ -96,7 +98,12 @@ pub fn load(dir: &Path) -> Result<Heads> {
     if bad {
         crate::bail!("{}: holds NaN or infinite parameters", bp.display());
     }
+    let name = std::fs::canonicalize(dir)
+        .ok()
+        .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "heads".into());
     Ok(Heads {
+        name,
         info,
         text: text_head,
         image: image_head,
