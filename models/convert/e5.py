@@ -36,7 +36,10 @@ def _f16(a):
     return a.view(np.float16).astype(np.float32)
 
 
-def read(path):
+def _parse(path):
+    """Header, vocabulary, normalization map, the f32 tensors, and the Q4_0 matrices as stored:
+    name -> (nibbles uint8 [rows, blocks, 16], scales f32 [rows, blocks, 1]); rows are output
+    channels (or vocabulary rows), blocks run along the input dimension."""
     b = open(path, "rb").read()
     assert b[:4] == MAGIC, f"{path}: not an E5S1 file"
     p = 8
@@ -57,52 +60,38 @@ def read(path):
         no = nm[q]; q += 1
         norm[cp] = "".join(map(chr, struct.unpack_from(f"<{no}I", nm, q))); q += 4 * no
     (ndir,) = struct.unpack_from("<i", b, p); p += 4
-    tensors = {}
-    for _ in range(ndir):
-        (nl,) = struct.unpack_from("<H", b, p); p += 2
-        name = b[p:p + nl].decode(); p += nl
-        dtype = b[p]; p += 1
-        (n,) = struct.unpack_from("<I", b, p); p += 4
-        off, nbytes = struct.unpack_from("<QQ", b, p); p += 16
-        if dtype == 0:
-            tensors[name] = np.frombuffer(b, np.float32, n, off).copy()
-        else:  # Q4_0: 18-byte blocks of 32 weights
-            blocks = np.frombuffer(b, np.uint8, n // qk * 18, off).reshape(-1, 18)
-            d = _f16(blocks[:, :2].copy()).reshape(-1, 1)
-            qs = blocks[:, 2:]
-            w = np.concatenate([(qs & 0x0F).astype(np.int8) - 8, (qs >> 4).astype(np.int8) - 8], 1)
-            tensors[name] = (w.astype(np.float32) * d).reshape(-1)
-    cfg = dict(hidden=H, layers=NL, heads=NH, ffn=FF, vocab=VOC, max_pos=MAXP, eps=eps,
-               bos=bos, eos=eos, pad=pad, unk=unk)
-    return cfg, pieces, scores, norm, tensors
-
-
-def read_q4(path):
-    """The Q4_0 matrices as stored: name -> (nibbles uint8 [rows, blocks, 16], scales f32
-    [rows, blocks, 1]); rows are output channels (or vocabulary rows), blocks run along the
-    input dimension."""
-    b = open(path, "rb").read()
-    cfg, _, _, _, tensors = read(path)  # for the directory offsets below, parse once more
-    p = 8 + 28 + 8
-    npieces = struct.unpack_from("<i", b, p)[0]; p += 20
-    (bloblen,) = struct.unpack_from("<Q", b, p); p += 8
-    p += 4 * (npieces + 1) + 4 * npieces + bloblen
-    nnorm, nmbytes = struct.unpack_from("<iI", b, p); p += 8 + nmbytes
-    (ndir,) = struct.unpack_from("<i", b, p); p += 4
-    out = {}
+    f32, q4 = {}, {}
     for _ in range(ndir):
         (nl,) = struct.unpack_from("<H", b, p); p += 2
         name = b[p:p + nl].decode(); p += nl
         dtype = b[p]; p += 1
         (n,) = struct.unpack_from("<I", b, p); p += 4
         off, _ = struct.unpack_from("<QQ", b, p); p += 16
-        if dtype == 1:
-            blocks = np.frombuffer(b, np.uint8, n // 32 * 18, off).reshape(-1, 18)
-            rows = n // (cfg["ffn"] if name.endswith(".fo.w") else cfg["hidden"])
-            nb = n // rows // 32
-            out[name] = (blocks[:, 2:].reshape(rows, nb, 16).copy(),
-                         _f16(blocks[:, :2].copy()).reshape(rows, nb, 1))
-    return out
+        if dtype == 0:
+            f32[name] = np.frombuffer(b, np.float32, n, off).copy()
+        else:  # Q4_0: 18-byte blocks of 32 weights, an fp16 scale then 16 bytes of nibbles
+            blocks = np.frombuffer(b, np.uint8, n // qk * 18, off).reshape(-1, 18)
+            rows = n // (FF if name.endswith(".fo.w") else H)
+            nb = n // rows // qk
+            q4[name] = (blocks[:, 2:].reshape(rows, nb, 16).copy(),
+                        _f16(blocks[:, :2].copy()).reshape(rows, nb, 1))
+    cfg = dict(hidden=H, layers=NL, heads=NH, ffn=FF, vocab=VOC, max_pos=MAXP, eps=eps,
+               bos=bos, eos=eos, pad=pad, unk=unk)
+    return cfg, pieces, scores, norm, f32, q4
+
+
+def read(path):
+    """(cfg, pieces, scores, normalization map, tensors) with every matrix dequantized to f32."""
+    cfg, pieces, scores, norm, tensors, q4 = _parse(path)
+    for name, (packed, scales) in q4.items():
+        w = np.concatenate([(packed & 0x0F).astype(np.int8) - 8, (packed >> 4).astype(np.int8) - 8], -1)
+        tensors[name] = (w.astype(np.float32) * scales).reshape(-1)
+    return cfg, pieces, scores, norm, tensors
+
+
+def read_q4(path):
+    """The Q4_0 matrices as stored (see `_parse`)."""
+    return _parse(path)[5]
 
 
 def q4_unpack(g, packed, scales):
