@@ -23,6 +23,11 @@ pub struct Manifest {
     pub description: String,
     pub image: ImageTower,
     pub text: TextTower,
+    /// Optional second text tower into the same embedding space, for queries the `[text]`
+    /// tower cannot read (see `encoder::needs_multilingual`): e.g. multilingual-e5-small with
+    /// a head distilled from the `[text]` tower (`moonlens-host distill`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multilingual: Option<TextTower>,
     /// Free-form tables (how the bundle was made); kept, not interpreted.
     #[serde(default)]
     pub bridge: Option<toml::Table>,
@@ -184,13 +189,19 @@ impl Manifest {
         {
             crate::bail!("image.mean and image.std must be finite and std non-zero");
         }
-        if self.text.max_tokens < 2 || self.text.max_tokens > 4096 {
-            crate::bail!(
-                "text.max_tokens = {} is out of range 2..=4096",
-                self.text.max_tokens
-            );
+        let mut files = vec![&self.image.file];
+        for (section, t) in std::iter::once(("text", &self.text))
+            .chain(self.multilingual.iter().map(|t| ("multilingual", t)))
+        {
+            if t.max_tokens < 2 || t.max_tokens > 4096 {
+                crate::bail!(
+                    "{section}.max_tokens = {} is out of range 2..=4096",
+                    t.max_tokens
+                );
+            }
+            files.extend([&t.file, &t.tokenizer]);
         }
-        for f in [&self.image.file, &self.text.file, &self.text.tokenizer] {
+        for f in files {
             if !self.sha256.contains_key(f) {
                 crate::bail!("[sha256] has no entry for {f}: every file of the bundle needs one");
             }

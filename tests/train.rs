@@ -84,7 +84,7 @@ fn train_export_load_search() {
 
     // exported f32 towers = the training forward pass on the cached features
     let want_img = train::embed(
-        &heads.image,
+        heads.image.as_ref().unwrap(),
         &(0..vf.images).map(|i| vf.raw(i, 0)).collect::<Vec<_>>(),
     );
     let want_txt = train::embed(

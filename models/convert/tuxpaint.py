@@ -2,7 +2,10 @@
 
 Usage: tuxpaint.py STAMPS_DIR OUT_DIR
 Writes OUT_DIR/{train,val,test}.jsonl (English first lines) and OUT_DIR/{train,val,test}_zh_CN.jsonl
-(the `zh_CN.utf8=` translations) with lines {"image": "<path relative to OUT_DIR>", "text": "..."}.
+(the `zh_CN.utf8=` translations) with lines {"image": "<path relative to OUT_DIR>", "text": "..."},
+and OUT_DIR/{train,val,test}_parallel.jsonl: every translation of every caption (~100 languages)
+beside its English line, {"source": "<English>", "text": "<translation>", "lang": "<locale>"}
+(what `moonlens-host distill` reads).
 Only stamps with a PNG image are used (SVG-only stamps would need a rasterizer). The split is
 a hash of the stamp's path, so it never changes when stamps are added or removed.
 """
@@ -19,7 +22,7 @@ def split_of(rel):
 
 def main(stamps, out):
     os.makedirs(out, exist_ok=True)
-    files = {name: [] for name in ("train", "val", "test", "train_zh_CN", "test_zh_CN", "val_zh_CN")}
+    files = {f"{split}{kind}": [] for split in ("train", "val", "test") for kind in ("", "_zh_CN", "_parallel")}
     skipped = 0
     for root, _, names in sorted(os.walk(stamps)):
         for n in sorted(names):
@@ -39,6 +42,12 @@ def main(stamps, out):
             zh = [l.split("=", 1)[1].strip() for l in lines if l.startswith("zh_CN") and "=" in l]
             if zh and zh[0]:
                 files[f"{split}_zh_CN"].append({"image": image, "text": zh[0]})
+            english = lines[0].strip()
+            for line in lines[1:]:
+                locale, eq, text = line.partition("=")
+                if eq and text.strip():
+                    files[f"{split}_parallel"].append(
+                        {"source": english, "text": text.strip(), "lang": locale.split(".")[0]})
     for name, rows in files.items():
         with open(os.path.join(out, name + ".jsonl"), "w", encoding="utf-8") as f:
             for r in rows:

@@ -12,11 +12,20 @@ const USAGE: &str = "usage:
         [--image-input raw|bridge] [--dim 256] [--blocks 1] [--dropout 0.1] [--temperature T]
         [--lr 1e-3] [--weight-decay 1e-3] [--batch 64] [--epochs 100] [--patience 3] [--seed 1]
         [--cache DIR]
+  moonlens-host distill --teacher BUNDLE --student BUNDLE --pairs TRAIN_parallel.jsonl --val VAL_parallel.jsonl
+        --out DIR [--blocks 1] [--dropout 0.1] [--lr 1e-3] [--weight-decay 1e-3] [--batch 64]
+        [--epochs 100] [--patience 3] [--seed 1] [--cache DIR]
   moonlens-host export --heads DIR --out BUNDLE [--bundle BASE] [--int8] [--mix W]
+  moonlens-host export --heads DISTILLED --teacher BUNDLE --out BUNDLE [--bundle STUDENT] [--int8]
   moonlens-host sheet --bundle DIR --pairs FILE.jsonl --query TEXT --out FILE.png [--k 12]
   moonlens-host bench encode --bundle DIR [--runs N] [--json]
   moonlens-host bench profile --bundle DIR [--runs N]
   moonlens-host bench search [--entries N] [--queries N] [--json]";
+
+/// Several files, comma-separated: `--pairs train.jsonl,train_zh_CN.jsonl`.
+fn files(args: &Args, name: &str) -> Result<Vec<std::path::PathBuf>> {
+    Ok(args.require(name)?.split(',').map(Into::into).collect())
+}
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -86,14 +95,57 @@ fn run() -> Result<()> {
             };
             let bundle = Bundle::open(args.get("bundle").unwrap_or("models/default"))?;
             let out = Path::new(args.require("out")?);
-            // several files, comma-separated: `--pairs train.jsonl,train_zh_CN.jsonl`
-            let files = |name: &str| -> moonlens::Result<Vec<std::path::PathBuf>> {
-                Ok(args.require(name)?.split(',').map(Into::into).collect())
-            };
             let t = moonlens::host::train::command::run(
                 &bundle,
-                &files("pairs")?,
-                &files("val")?,
+                &files(&args, "pairs")?,
+                &files(&args, "val")?,
+                out,
+                args.get("cache").map(Path::new),
+                &cfg,
+            )?;
+            let best = t.history.iter().find(|e| e.epoch == t.best_epoch);
+            println!(
+                "{}",
+                serde_json::json!({"heads": out, "best_epoch": t.best_epoch,
+                    "epochs": t.history.len(), "best": best, "curve": out.join("curve.png")})
+            );
+            Ok(())
+        }
+        ("distill", None) => {
+            args.only(&[
+                "teacher",
+                "student",
+                "pairs",
+                "val",
+                "out",
+                "blocks",
+                "dropout",
+                "lr",
+                "weight-decay",
+                "batch",
+                "epochs",
+                "patience",
+                "seed",
+                "cache",
+            ])?;
+            let d = Config::default();
+            let cfg = Config {
+                blocks: args.number("blocks", d.blocks)?,
+                dropout: args.number("dropout", d.dropout)?,
+                lr: args.number("lr", d.lr)?,
+                weight_decay: args.number("weight-decay", d.weight_decay)?,
+                batch: args.number("batch", d.batch)?,
+                max_epochs: args.number("epochs", d.max_epochs)?,
+                patience: args.number("patience", d.patience)?,
+                seed: args.number("seed", d.seed)?,
+                ..d
+            };
+            let out = Path::new(args.require("out")?);
+            let t = moonlens::host::train::distill::run(
+                &Bundle::open(args.require("teacher")?)?,
+                &Bundle::open(args.require("student")?)?,
+                &files(&args, "pairs")?,
+                &files(&args, "val")?,
                 out,
                 args.get("cache").map(Path::new),
                 &cfg,
@@ -107,17 +159,27 @@ fn run() -> Result<()> {
             Ok(())
         }
         ("export", None) => {
-            args.only(&["heads", "out", "bundle", "int8", "mix"])?;
+            args.only(&["heads", "out", "bundle", "int8", "mix", "teacher"])?;
             let heads_dir = Path::new(args.require("heads")?);
             let heads = moonlens::host::train::store::load(heads_dir)?;
             let base = Bundle::open(args.get("bundle").unwrap_or(&heads.info.base_bundle))?;
-            let out = moonlens::host::export::export(
-                &heads,
-                &base,
-                Path::new(args.require("out")?),
-                args.flag("int8"),
-                args.number("mix", 0.0)?,
-            )?;
+            let out = Path::new(args.require("out")?);
+            let out = match args.get("teacher") {
+                Some(teacher) => moonlens::host::export::export_multilingual(
+                    &heads,
+                    &base,
+                    &Bundle::open(teacher)?,
+                    out,
+                    args.flag("int8"),
+                )?,
+                None => moonlens::host::export::export(
+                    &heads,
+                    &base,
+                    out,
+                    args.flag("int8"),
+                    args.number("mix", 0.0)?,
+                )?,
+            };
             // the daemon's own loader must accept it
             Encoder::load(&out)?;
             println!(

@@ -37,8 +37,9 @@ pub struct Encoder {
     image_model: TypedModel,
     image_one: Plan,
     image_batch: OnceLock<Plan>,
-    text: Plan,
-    tokenizer: Tokenizer,
+    text: TextEncoder,
+    /// The bundle's `[multilingual]` text tower, for queries [`needs_multilingual`] sends there.
+    multilingual: Option<TextEncoder>,
     /// Wall time of [`Encoder::load`]: both towers parsed, optimized and ready.
     pub load_time: Duration,
 }
@@ -100,45 +101,15 @@ impl Encoder {
         let image_model = image_model(bundle, &[image_out])?;
         let image_one = image_plan(&image_model, 1)?;
 
-        let text_path = bundle.path(&m.text.file);
-        let text = onnx_model(&text_path)?
-            .with_input_names([m.text.input_ids.as_str(), m.text.attention_mask.as_str()])
-            .and_then(|x| x.with_outputs_by_name([text_out]))
-            .and_then(|x| {
-                let s = x.sym("S");
-                x.with_input_fact(0, i64::fact(dims!(1, s.clone())).into())?
-                    .with_input_fact(1, i64::fact(dims!(1, s)).into())
-            })
-            .and_then(|x| x.into_optimized())
-            .and_then(|x| x.into_runnable())
-            .map_err(|e| Error::new(format!("{}: {e:#}", text_path.display())))?;
-        // the embedding width as the graph declares it; the daemon's must match bundle.toml
-        let dim = text
-            .model()
-            .output_fact(0)
-            .ok()
-            .and_then(|f| f.shape.last().and_then(|d| d.to_i64().ok()))
-            .map(|d| d as usize)
-            .unwrap_or(m.dim);
-        if which == Outputs::Final && dim != m.dim {
-            crate::bail!(
-                "{}: the text tower outputs {dim} values, bundle.toml says dim = {}",
-                text_path.display(),
-                m.dim
-            );
-        }
-
-        let tok_path = bundle.path(&m.text.tokenizer);
-        let mut tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| {
-            Error::new(format!("{}: not a tokenizer.json: {e}", tok_path.display()))
-        })?;
-        tokenizer.with_padding(None);
-        tokenizer
-            .with_truncation(Some(tokenizers::TruncationParams {
-                max_length: m.text.max_tokens,
-                ..Default::default()
-            }))
-            .map_err(|e| Error::new(format!("{}: {e}", tok_path.display())))?;
+        let text = TextEncoder::load(bundle, &m.text, text_out, which == Outputs::Final)?;
+        let dim = text.dim;
+        // the second text tower only computes final embeddings (training reads the first's base)
+        let multilingual = match (&m.multilingual, which) {
+            (Some(spec), Outputs::Final) => {
+                Some(TextEncoder::load(bundle, spec, &spec.output, true)?)
+            }
+            _ => None,
+        };
         Ok(Encoder {
             bundle: bundle.clone(),
             dim,
@@ -146,7 +117,7 @@ impl Encoder {
             image_one,
             image_batch: OnceLock::new(),
             text,
-            tokenizer,
+            multilingual,
             load_time: t0.elapsed(),
         })
     }
@@ -157,7 +128,26 @@ impl Encoder {
 
     /// The optimized batch-1 image plan and the text plan (for profiling).
     pub fn plans(&self) -> (&Plan, &Plan) {
-        (&self.image_one, &self.text)
+        (&self.image_one, &self.text.plan)
+    }
+
+    /// The text tower that answers `query`: the `[multilingual]` one when the bundle has it
+    /// and [`needs_multilingual`] says so, the `[text]` one otherwise.
+    pub fn text_tower(&self, query: &str) -> &TextEncoder {
+        match &self.multilingual {
+            Some(m) if needs_multilingual(query) => m,
+            _ => &self.text,
+        }
+    }
+
+    /// The `[text]` tower (what the index was trained against), whatever the query.
+    pub fn primary_text(&self) -> &TextEncoder {
+        &self.text
+    }
+
+    /// The `[multilingual]` text tower, when the bundle has one.
+    pub fn multilingual(&self) -> Option<&TextEncoder> {
+        self.multilingual.as_ref()
     }
 
     /// Width of the embeddings this encoder returns.
@@ -209,11 +199,103 @@ impl Encoder {
         self.rows(&out[0], inputs.len())
     }
 
-    /// Token ids of `text` as the bundle's tokenizer makes them (prefix added, truncated).
+    /// Token ids of `text` as the tower that answers it tokenizes it (prefix added, truncated).
     pub fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
-        let m = &self.bundle.manifest.text;
-        let mut s = format!("{}{}", m.prefix, text);
-        if m.lowercase {
+        self.text_tower(text).tokenize(text)
+    }
+
+    pub fn embed_text(&self, text: &str) -> Result<Vec<f32>> {
+        self.text_tower(text).embed(text)
+    }
+
+    fn rows(&self, t: &TValue, n: usize) -> Result<Vec<Vec<f32>>> {
+        rows(t, n, self.dim)
+    }
+}
+
+/// Whether a query goes to the multilingual tower: it has a non-ASCII letter or digit, or a
+/// character from U+3000 up (CJK, kana, hangul, emoji, full-width forms). English text with
+/// typographic quotes, dashes or currency signs stays with the English tower; so does a
+/// Latin-script language written without accents, the known limit of a rule without a
+/// language model.
+pub fn needs_multilingual(query: &str) -> bool {
+    query
+        .chars()
+        .any(|c| !c.is_ascii() && (c.is_alphanumeric() || c as u32 >= 0x3000))
+}
+
+/// One text tower: its spec, plan and tokenizer.
+pub struct TextEncoder {
+    spec: crate::bundle::TextTower,
+    plan: Plan,
+    tokenizer: Tokenizer,
+    dim: usize,
+}
+
+impl TextEncoder {
+    /// `output`: the tensor to compute; `check_dim`: it must have the bundle's `dim`.
+    fn load(
+        bundle: &Bundle,
+        spec: &crate::bundle::TextTower,
+        output: &str,
+        check_dim: bool,
+    ) -> Result<TextEncoder> {
+        let m = &bundle.manifest;
+        let text_path = bundle.path(&spec.file);
+        let plan = onnx_model(&text_path)?
+            .with_input_names([spec.input_ids.as_str(), spec.attention_mask.as_str()])
+            .and_then(|x| x.with_outputs_by_name([output]))
+            .and_then(|x| {
+                let s = x.sym("S");
+                x.with_input_fact(0, i64::fact(dims!(1, s.clone())).into())?
+                    .with_input_fact(1, i64::fact(dims!(1, s)).into())
+            })
+            .and_then(|x| x.into_optimized())
+            .and_then(|x| x.into_runnable())
+            .map_err(|e| Error::new(format!("{}: {e:#}", text_path.display())))?;
+        // the embedding width as the graph declares it; the daemon's must match bundle.toml
+        let dim = plan
+            .model()
+            .output_fact(0)
+            .ok()
+            .and_then(|f| f.shape.last().and_then(|d| d.to_i64().ok()))
+            .map(|d| d as usize)
+            .unwrap_or(m.dim);
+        if check_dim && dim != m.dim {
+            crate::bail!(
+                "{}: the text tower outputs {dim} values, bundle.toml says dim = {}",
+                text_path.display(),
+                m.dim
+            );
+        }
+        let tok_path = bundle.path(&spec.tokenizer);
+        let mut tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| {
+            Error::new(format!("{}: not a tokenizer.json: {e}", tok_path.display()))
+        })?;
+        tokenizer.with_padding(None);
+        tokenizer
+            .with_truncation(Some(tokenizers::TruncationParams {
+                max_length: spec.max_tokens,
+                ..Default::default()
+            }))
+            .map_err(|e| Error::new(format!("{}: {e}", tok_path.display())))?;
+        Ok(TextEncoder {
+            spec: spec.clone(),
+            plan,
+            tokenizer,
+            dim,
+        })
+    }
+
+    /// The tower's optimized plan (for profiling).
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// Token ids of `text` as this tower's tokenizer makes them (prefix added, truncated).
+    pub fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
+        let mut s = format!("{}{}", self.spec.prefix, text);
+        if self.spec.lowercase {
             s = s.to_lowercase();
         }
         let enc = self
@@ -223,39 +305,38 @@ impl Encoder {
         Ok(enc.get_ids().to_vec())
     }
 
-    pub fn embed_text(&self, text: &str) -> Result<Vec<f32>> {
+    pub fn embed(&self, text: &str) -> Result<Vec<f32>> {
         let ids: Vec<i64> = self.tokenize(text)?.into_iter().map(i64::from).collect();
         let n = ids.len();
         let ids = Tensor::from_shape(&[1, n], &ids).context("token tensor")?;
         let mask = Tensor::from_shape(&[1, n], &vec![1i64; n]).context("mask tensor")?;
         let out = self
-            .text
+            .plan
             .run(tvec![ids.into_tvalue(), mask.into_tvalue()])
             .map_err(|e| Error::new(format!("text tower failed: {e:#}")))?;
-        Ok(self.rows(&out[0], 1)?.remove(0))
+        Ok(rows(&out[0], 1, self.dim)?.remove(0))
     }
+}
 
-    fn rows(&self, t: &TValue, n: usize) -> Result<Vec<Vec<f32>>> {
-        let dim = self.dim();
-        let view = t
-            .to_plain_array_view::<f32>()
-            .map_err(|e| Error::new(format!("tower output is not f32: {e:#}")))?;
-        if view.len() != n * dim {
-            crate::bail!(
-                "tower output has {} values, expected {n} x {dim}: does bundle.toml's dim match the model?",
-                view.len()
-            );
-        }
-        let flat: Vec<f32> = view.iter().copied().collect();
-        let rows: Vec<Vec<f32>> = flat.chunks(dim).map(|r| r.to_vec()).collect();
-        for r in &rows {
-            let norm: f32 = r.iter().map(|x| x * x).sum::<f32>().sqrt();
-            if !norm.is_finite() || (norm - 1.0).abs() > 1e-2 {
-                crate::bail!("tower output is not an L2-normalized embedding (norm {norm})");
-            }
-        }
-        Ok(rows)
+fn rows(t: &TValue, n: usize, dim: usize) -> Result<Vec<Vec<f32>>> {
+    let view = t
+        .to_plain_array_view::<f32>()
+        .map_err(|e| Error::new(format!("tower output is not f32: {e:#}")))?;
+    if view.len() != n * dim {
+        crate::bail!(
+            "tower output has {} values, expected {n} x {dim}: does bundle.toml's dim match the model?",
+            view.len()
+        );
     }
+    let flat: Vec<f32> = view.iter().copied().collect();
+    let rows: Vec<Vec<f32>> = flat.chunks(dim).map(|r| r.to_vec()).collect();
+    for r in &rows {
+        let norm: f32 = r.iter().map(|x| x * x).sum::<f32>().sqrt();
+        if !norm.is_finite() || (norm - 1.0).abs() > 1e-2 {
+            crate::bail!("tower output is not an L2-normalized embedding (norm {norm})");
+        }
+    }
+    Ok(rows)
 }
 
 /// Cosine similarity of two vectors (1.0 for identical directions).
@@ -264,4 +345,37 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
     let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
     dot / (na * nb).max(1e-12)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::needs_multilingual;
+
+    #[test]
+    fn queries_route_by_script() {
+        for q in [
+            "兔子",
+            "月饼 and tea",
+            "うさぎ",
+            "토끼",
+            "кролик",
+            "ארנב",
+            "lapin à la lune",
+            "🐰",
+            "Ｆｕｌｌ",
+        ] {
+            assert!(needs_multilingual(q), "{q:?}");
+        }
+        // English, including typographic punctuation and currency; unaccented Latin too
+        for q in [
+            "a rabbit",
+            "A “Granny Smith” apple",
+            "Venus—the second planet…",
+            "2 €",
+            "un lapin",
+            "",
+        ] {
+            assert!(!needs_multilingual(q), "{q:?}");
+        }
+    }
 }

@@ -304,6 +304,13 @@ fn append_head(t: &Tower, head: &Head, int8: bool, mix: Option<(f64, usize)>) ->
 /// forget part of what the training-free bridge knows about photos (measured in
 /// models/README.md); the mixture keeps both. w = 0 exports the heads alone.
 pub fn export(heads: &Heads, base: &Bundle, out: &Path, int8: bool, mix: f64) -> Result<Bundle> {
+    let Some(image_head) = &heads.image else {
+        crate::bail!(
+            "{} holds a distilled text head: export it with --teacher BUNDLE (the bundle it \
+             was distilled from)",
+            heads.name
+        );
+    };
     if !(0.0..1.0).contains(&mix) {
         crate::bail!("--mix {mix}: must be in [0, 1) (the weight of the base bundle's cosine)");
     }
@@ -345,7 +352,7 @@ pub fn export(heads: &Heads, base: &Bundle, out: &Path, int8: bool, mix: f64) ->
             input: &image_input,
             keep,
         },
-        &heads.image,
+        image_head,
         int8,
         mix_arg,
     )?;
@@ -433,6 +440,152 @@ pub fn export(heads: &Heads, base: &Bundle, out: &Path, int8: bool, mix: f64) ->
     }
     let text = format!(
         "# moonlens model bundle (format 1), written by `moonlens-host export`.\n\
+         # See models/README.md for every field.\n{}",
+        toml::to_string(&manifest).map_err(|e| Error::new(format!("bundle.toml: {e}")))?
+    );
+    std::fs::write(out.join("bundle.toml"), text).context("writing bundle.toml")?;
+    Bundle::open(out)
+}
+
+/// Writes the bundle `out` = the `teacher` bundle unchanged + a `[multilingual]` text tower:
+/// the `student` bundle's text tower with the distilled `heads` (`distill`) appended, so its
+/// queries land in the teacher's embedding space. Returns it opened (hashes verified).
+pub fn export_multilingual(
+    heads: &Heads,
+    student: &Bundle,
+    teacher: &Bundle,
+    out: &Path,
+    int8: bool,
+) -> Result<Bundle> {
+    let Some(t) = &heads.info.teacher else {
+        crate::bail!(
+            "{} holds heads from `train`, not a distilled text head: export it without --teacher",
+            heads.name
+        );
+    };
+    if t.bundle_id != teacher.id_hex() {
+        crate::bail!(
+            "{} was distilled from bundle {} ({}), not from {}: its outputs would land in \
+             another embedding space; distill again against this teacher",
+            heads.name,
+            t.bundle,
+            &t.bundle_id[..12],
+            teacher.dir.display()
+        );
+    }
+    if student.id_hex() != heads.info.base_bundle_id {
+        log::warn!(
+            "the head read the student {} ({}), exporting onto {}: fine for its f32/int8 \
+             twin, wrong for any other text encoder",
+            heads.info.base_bundle,
+            &heads.info.base_bundle_id[..12],
+            student.dir.display()
+        );
+    }
+    let tm = &teacher.manifest;
+    if heads.text.dim() != tm.dim {
+        crate::bail!(
+            "the head outputs {} values, the teacher's embeddings have {}",
+            heads.text.dim(),
+            tm.dim
+        );
+    }
+    std::fs::create_dir_all(out).context(format_args!("cannot create {}", out.display()))?;
+    let (tower_file, tokenizer_file) = ("multilingual.onnx", "multilingual-tokenizer.json");
+    let mut manifest = tm.clone();
+    manifest.sha256.clear();
+    // the teacher's own towers, byte for byte (a previous multilingual tower is replaced)
+    let own: Vec<&String> = std::iter::once(&tm.image.file)
+        .chain([&tm.text.file, &tm.text.tokenizer])
+        .collect();
+    for f in own {
+        std::fs::copy(teacher.path(f), out.join(f)).context(format_args!("copying {f}"))?;
+        manifest
+            .sha256
+            .insert(f.clone(), sha256_file(&out.join(f))?);
+    }
+    let sm = &student.manifest.text;
+    append_head(
+        &Tower {
+            src: &student.path(&sm.file),
+            dst: &out.join(tower_file),
+            output: &sm.output,
+            base: sm.base(),
+            base_new: "sentence_embedding",
+            input: sm.base(),
+            keep: vec![("sentence_embedding", Some(heads.info.text_input))],
+        },
+        &heads.text,
+        int8,
+        None,
+    )?;
+    std::fs::copy(student.path(&sm.tokenizer), out.join(tokenizer_file))
+        .context("copying the student's tokenizer")?;
+    for f in [tower_file, tokenizer_file] {
+        manifest.sha256.insert(f.into(), sha256_file(&out.join(f))?);
+    }
+    manifest.multilingual = Some(crate::bundle::TextTower {
+        file: tower_file.into(),
+        tokenizer: tokenizer_file.into(),
+        output: "embedding".into(),
+        base_output: Some("sentence_embedding".into()),
+        ..sm.clone()
+    });
+    manifest.name = format!(
+        "{}+{}-{}",
+        tm.name,
+        heads.name,
+        if int8 { "int8" } else { "f32" }
+    );
+    manifest.description = format!(
+        "{}; queries in other languages through {} with a head distilled from the English tower",
+        tm.description, student.manifest.name
+    );
+    let best = heads
+        .info
+        .history
+        .iter()
+        .find(|e| e.epoch == heads.info.best_epoch);
+    let mut d = toml::Table::new();
+    d.insert("student".into(), student.manifest.name.clone().into());
+    d.insert(
+        "student_features_from".into(),
+        heads.info.base_bundle_id.clone().into(),
+    );
+    d.insert("teacher".into(), t.bundle_id.clone().into());
+    d.insert("blocks".into(), (heads.info.config.blocks as i64).into());
+    d.insert("best_epoch".into(), (heads.info.best_epoch as i64).into());
+    if let Some(b) = best {
+        d.insert("val_cosine_distance".into(), b.val_loss.into());
+        d.insert("val_source_r1".into(), b.val_r1.into());
+    }
+    d.insert("train_texts".into(), (heads.info.train_pairs as i64).into());
+    d.insert(
+        "weights".into(),
+        if int8 {
+            "int8 per output column (Cast, Mul)"
+        } else {
+            "f32"
+        }
+        .into(),
+    );
+    manifest
+        .heads
+        .get_or_insert_with(toml::Table::new)
+        .insert("multilingual".into(), d.into());
+    if let Some(p) = student
+        .manifest
+        .provenance
+        .as_ref()
+        .and_then(|p| p.get("text_backbone"))
+    {
+        manifest
+            .provenance
+            .get_or_insert_with(toml::Table::new)
+            .insert("multilingual_text_backbone".into(), p.clone());
+    }
+    let text = format!(
+        "# moonlens model bundle (format 1), written by `moonlens-host export --teacher`.\n\
          # See models/README.md for every field.\n{}",
         toml::to_string(&manifest).map_err(|e| Error::new(format!("bundle.toml: {e}")))?
     );

@@ -8,5 +8,6 @@ pub mod features;
 pub mod pairs;
 pub mod plot;
 pub mod progress;
+pub mod sentences;
 pub mod sheet;
 pub mod train;

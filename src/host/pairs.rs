@@ -62,3 +62,43 @@ pub fn gallery(pairs: &[Pair]) -> (Vec<PathBuf>, Vec<usize>) {
         .collect();
     (images, truth)
 }
+
+/// One line of a parallel-text file (`{split}_parallel.jsonl`, written by
+/// models/convert/tuxpaint.py): a caption in some language beside its English source.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Parallel {
+    pub source: String,
+    pub text: String,
+    #[serde(default)]
+    pub lang: String,
+}
+
+pub fn read_parallel(path: &Path) -> Result<Vec<Parallel>> {
+    let body = std::fs::read_to_string(path).context(format_args!(
+        "cannot read parallel-text file {}",
+        path.display()
+    ))?;
+    let mut out = Vec::new();
+    for (i, line) in body.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let p: Parallel = serde_json::from_str(line).map_err(|e| {
+            Error::new(format!(
+                "{}:{}: {e}; each line must be {{\"source\": \"<English>\", \"text\": \
+                 \"<translation>\", \"lang\": \"<locale>\"}}",
+                path.display(),
+                i + 1
+            ))
+        })?;
+        if p.source.trim().is_empty() || p.text.trim().is_empty() {
+            crate::bail!("{}:{}: empty source or text", path.display(), i + 1);
+        }
+        out.push(p);
+    }
+    if out.is_empty() {
+        crate::bail!("{}: no lines (the file is empty)", path.display());
+    }
+    Ok(out)
+}

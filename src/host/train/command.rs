@@ -98,8 +98,9 @@ pub fn run(
         history: trained.history.clone(),
         train_pairs: train_pairs.len(),
         val_pairs: val_pairs.len(),
+        teacher: None,
     };
-    store::save(out, &info, &trained)?;
+    store::save(out, &info, &[&trained.text, &trained.image])?;
     crate::host::plot::training_curve(
         &trained.history,
         trained.best_epoch,

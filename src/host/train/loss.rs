@@ -56,6 +56,25 @@ fn normalize_backward(u: &Mat, norms: &[f64], du: &Mat) -> Mat {
     dx
 }
 
+/// Distillation loss: mean over rows of 1 − cos(out_r, target_r), with `target` rows of unit
+/// length (the teacher's embeddings). Returns the loss and its gradient with respect to `out`.
+/// Cosine rather than a squared error on raw outputs because search only ever sees the
+/// direction of an embedding.
+pub fn cosine_distance(out: &Mat, target: &Mat) -> (f64, Mat) {
+    assert_eq!((out.rows, out.cols), (target.rows, target.cols));
+    let (u, norms) = normalize(out);
+    let n = out.rows as f64;
+    let mut loss = 0.0;
+    let mut du = Mat::zeros(out.rows, out.cols);
+    for r in 0..out.rows {
+        loss += 1.0 - dot(u.row(r), target.row(r));
+        for (d, t) in du.row_mut(r).iter_mut().zip(target.row(r)) {
+            *d = -t / n;
+        }
+    }
+    (loss / n, normalize_backward(&u, &norms, &du))
+}
+
 pub fn contrastive(text: &Mat, image: &Mat, tau: f64) -> LossGrad {
     assert_eq!((text.rows, text.cols), (image.rows, image.cols));
     let b = text.rows as f64;
@@ -180,6 +199,33 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn cosine_distance_gradient_matches_finite_differences() {
+        let mut rng = Rng::new(7);
+        let out = random(3, 5, &mut rng);
+        let (target, _) = normalize(&random(3, 5, &mut rng));
+        let (loss, grad) = cosine_distance(&out, &target);
+        assert!(loss > 0.0 && loss < 2.0);
+        for k in 0..out.data.len() {
+            let eps = 1e-6;
+            let at = |delta: f64| {
+                let mut m = out.clone();
+                m.data[k] += delta;
+                cosine_distance(&m, &target).0
+            };
+            let num = (at(eps) - at(-eps)) / (2.0 * eps);
+            assert!(
+                (num - grad.data[k]).abs() < 1e-8,
+                "entry {k}: {num} vs {}",
+                grad.data[k]
+            );
+        }
+        // zero exactly when every row points the teacher's way, at any length
+        let mut scaled = target.clone();
+        scaled.data.iter_mut().for_each(|v| *v *= 3.0);
+        assert!(cosine_distance(&scaled, &target).0.abs() < 1e-12);
     }
 
     #[test]

@@ -15,6 +15,7 @@
 
 pub mod adamw;
 pub mod command;
+pub mod distill;
 pub mod head;
 pub mod linalg;
 pub mod loss;
@@ -171,6 +172,100 @@ pub fn embed(head: &Head, rows: &[Vec<f32>]) -> Vec<Vec<f32>> {
         .collect()
 }
 
+/// Early stopping and learning-rate reduction on the validation loss (`train`, `distill`).
+struct Plateau {
+    best: f64,
+    since_best: usize,
+    since_lr: usize,
+}
+
+enum Verdict {
+    /// the best validation loss so far: keep these weights
+    Best,
+    Worse,
+    /// `patience` epochs without a better one
+    Stop,
+}
+
+impl Plateau {
+    fn new() -> Plateau {
+        Plateau {
+            best: f64::INFINITY,
+            since_best: 0,
+            since_lr: 0,
+        }
+    }
+
+    fn observe(
+        &mut self,
+        val_loss: f64,
+        epoch: usize,
+        cfg: &Config,
+        opt: &mut adamw::AdamW,
+    ) -> Verdict {
+        if val_loss < self.best - 1e-6 {
+            *self = Plateau {
+                best: val_loss,
+                since_best: 0,
+                since_lr: 0,
+            };
+            return Verdict::Best;
+        }
+        self.since_best += 1;
+        self.since_lr += 1;
+        if self.since_best >= cfg.patience {
+            log::info!(
+                "early stop after epoch {epoch}: no better validation loss for {} epochs",
+                self.since_best
+            );
+            return Verdict::Stop;
+        }
+        if self.since_lr >= cfg.lr_patience {
+            opt.lr *= cfg.lr_factor;
+            self.since_lr = 0;
+            log::info!(
+                "validation loss on a plateau: learning rate now {:.2e}",
+                opt.lr
+            );
+        }
+        Verdict::Worse
+    }
+}
+
+/// Refuses a run whose weights ran away: healthy heads keep weights of order one, and
+/// runaway steps blow them up long before the (normalized, bounded) loss shows it.
+fn check_weights(heads: &[&Head], epoch: usize, lr: f64) -> Result<()> {
+    let mut largest = 0f64;
+    for h in heads {
+        h.visit(&mut |p| {
+            largest = p.iter().fold(largest, |m, v| {
+                if v.is_finite() {
+                    m.max(v.abs())
+                } else {
+                    f64::INFINITY
+                }
+            })
+        });
+    }
+    if largest > MAX_WEIGHT {
+        crate::bail!(
+            "training diverged in epoch {epoch}: a weight reached {largest:.3e}; try a lower \
+             --lr (now {lr}); no heads were written"
+        );
+    }
+    Ok(())
+}
+
+fn check_val_loss(val_loss: f64, first_val: f64, epoch: usize, lr: f64) -> Result<()> {
+    if !val_loss.is_finite() || val_loss > 10.0 * first_val {
+        crate::bail!(
+            "training diverged in epoch {epoch}: validation loss {val_loss:.4} (it started \
+             at {first_val:.4}); try a lower --lr (now {lr}); no heads were written"
+        );
+    }
+    Ok(())
+}
+
 /// Train both heads; `on_epoch` sees each finished epoch (progress output).
 pub fn train(
     train: &Features,
@@ -194,8 +289,7 @@ pub fn train(
     let mut opt = adamw::AdamW::new(cfg.lr, cfg.weight_decay);
     let (first_val, _) = evaluate(&text, &image, &va, cfg);
     let mut best = (f64::INFINITY, text.clone(), image.clone(), 0usize);
-    let mut since_best = 0;
-    let mut since_lr = 0;
+    let mut plateau = Plateau::new();
     let mut history = Vec::new();
     let mut order: Vec<usize> = (0..tr.texts.len()).collect();
     for epoch in 1..=cfg.max_epochs {
@@ -226,35 +320,9 @@ pub fn train(
             sum += g.loss * chunk.len() as f64;
             count += chunk.len() as f64;
         }
-        let mut largest = 0f64;
-        for h in [&text, &image] {
-            h.visit(&mut |p| {
-                largest = p.iter().fold(largest, |m, v| {
-                    if v.is_finite() {
-                        m.max(v.abs())
-                    } else {
-                        f64::INFINITY
-                    }
-                })
-            });
-        }
-        // healthy heads keep weights of order one; runaway steps blow them up long before
-        // the (normalized, bounded) loss shows it
-        if largest > MAX_WEIGHT {
-            crate::bail!(
-                "training diverged in epoch {epoch}: a weight reached {largest:.3e}; try a lower \
-                 --lr (now {}); no heads were written",
-                opt.lr
-            );
-        }
+        check_weights(&[&text, &image], epoch, opt.lr)?;
         let (val_loss, r) = evaluate(&text, &image, &va, cfg);
-        if !val_loss.is_finite() || val_loss > 10.0 * first_val {
-            crate::bail!(
-                "training diverged in epoch {epoch}: validation loss {val_loss:.4} (it started \
-                 at {first_val:.4}); try a lower --lr (now {}); no heads were written",
-                opt.lr
-            );
-        }
+        check_val_loss(val_loss, first_val, epoch, opt.lr)?;
         let e = Epoch {
             epoch,
             train_loss: sum / count.max(1.0),
@@ -266,25 +334,10 @@ pub fn train(
         };
         on_epoch(&e);
         history.push(e);
-        if val_loss < best.0 - 1e-6 {
-            best = (val_loss, text.clone(), image.clone(), epoch);
-            since_best = 0;
-            since_lr = 0;
-        } else {
-            since_best += 1;
-            since_lr += 1;
-            if since_best >= cfg.patience {
-                log::info!("early stop after epoch {epoch}: no better validation loss for {since_best} epochs");
-                break;
-            }
-            if since_lr >= cfg.lr_patience {
-                opt.lr *= cfg.lr_factor;
-                since_lr = 0;
-                log::info!(
-                    "validation loss on a plateau: learning rate now {:.2e}",
-                    opt.lr
-                );
-            }
+        match plateau.observe(val_loss, epoch, cfg, &mut opt) {
+            Verdict::Best => best = (val_loss, text.clone(), image.clone(), epoch),
+            Verdict::Worse => {}
+            Verdict::Stop => break,
         }
     }
     Ok(Trained {

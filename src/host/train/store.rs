@@ -1,11 +1,12 @@
 //! A trained-heads directory: `heads.json` (how they were trained, from which bundle, the
 //! per-epoch history) and `heads.bin` (every parameter as f32 little-endian: the text head,
 //! then the image head, each in [`Head::visit`] order: W0 [in×dim] row-major, b0, then per
-//! block W [dim×dim], b, γ, β).
+//! block W [dim×dim], b, γ, β). A distilled text head (`distill`, `teacher` set in heads.json)
+//! has no image head: `image_input` is 0 and heads.bin holds the text head alone.
 
 use super::head::Head;
 use super::linalg::Rng;
-use super::{Config, Epoch, Trained};
+use super::{Config, Epoch};
 use crate::error::{Context, Error, Result};
 use std::path::Path;
 
@@ -22,6 +23,16 @@ pub struct HeadsInfo {
     pub history: Vec<Epoch>,
     pub train_pairs: usize,
     pub val_pairs: usize,
+    /// Set for a text head distilled from another bundle's text tower (`distill`): that
+    /// bundle. `base_bundle` is then the student whose sentence embeddings the head reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher: Option<Teacher>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Teacher {
+    pub bundle_id: String,
+    pub bundle: String,
 }
 
 pub struct Heads {
@@ -29,13 +40,15 @@ pub struct Heads {
     pub name: String,
     pub info: HeadsInfo,
     pub text: Head,
-    pub image: Head,
+    /// None for a distilled text head.
+    pub image: Option<Head>,
 }
 
-pub fn save(dir: &Path, info: &HeadsInfo, t: &Trained) -> Result<()> {
+/// Writes `heads` (the text head, then the image head if any) and `info`.
+pub fn save(dir: &Path, info: &HeadsInfo, heads: &[&Head]) -> Result<()> {
     std::fs::create_dir_all(dir).context(format_args!("cannot create {}", dir.display()))?;
     let mut bin = Vec::new();
-    for h in [&t.text, &t.image] {
+    for h in heads {
         h.visit(&mut |p| {
             for v in p {
                 bin.extend_from_slice(&(*v as f32).to_le_bytes());
@@ -68,9 +81,10 @@ pub fn load(dir: &Path) -> Result<Heads> {
     let c = &info.config;
     let mut rng = Rng::new(0);
     let mut text_head = Head::new(info.text_input, c.dim, c.blocks, &mut rng);
-    let mut image_head = Head::new(info.image_input, c.dim, c.blocks, &mut rng);
+    let mut image_head =
+        (info.image_input > 0).then(|| Head::new(info.image_input, c.dim, c.blocks, &mut rng));
     let mut want = 0;
-    for h in [&text_head, &image_head] {
+    for h in std::iter::once(&text_head).chain(image_head.as_ref()) {
         h.visit(&mut |p| want += p.len());
     }
     if bytes.len() != 4 * want {
@@ -87,7 +101,7 @@ pub fn load(dir: &Path) -> Result<Heads> {
         .chunks_exact(4)
         .map(|b| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
     let mut bad = false;
-    for h in [&mut text_head, &mut image_head] {
+    for h in std::iter::once(&mut text_head).chain(image_head.as_mut()) {
         h.visit_mut(&mut |p| {
             for v in p.iter_mut() {
                 *v = values.next().expect("length checked");

