@@ -130,11 +130,13 @@ fn distill_export_route() {
 fn a_multilingual_tower_without_a_hash_is_refused() {
     let d = tempdir("distill-manifest");
     let b = renamed_copy(&default_bundle(), &d);
-    let toml = std::fs::read_to_string(b.path("bundle.toml")).unwrap();
-    let extra = "\n[multilingual]\nfile = \"multilingual.onnx\"\ntokenizer = \"tokenizer.json\"\n\
-                 input_ids = \"input_ids\"\nattention_mask = \"attention_mask\"\n\
-                 output = \"embedding\"\nmax_tokens = 128\n";
-    std::fs::write(b.path("bundle.toml"), format!("{toml}{extra}")).unwrap();
+    let mut m = b.manifest.clone();
+    m.multilingual = Some(moonlens::bundle::TextTower {
+        file: "multilingual.onnx".into(),
+        ..m.text.clone()
+    });
+    m.sha256.remove("multilingual.onnx");
+    std::fs::write(b.path("bundle.toml"), toml::to_string(&m).unwrap()).unwrap();
     let err = Bundle::open(&d).err().unwrap().to_string();
-    assert!(err.contains("multilingual.onnx"), "{err}");
+    assert!(err.contains("no entry for multilingual.onnx"), "{err}");
 }

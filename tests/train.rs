@@ -78,6 +78,12 @@ fn train_export_load_search() {
     moonlens::host::export::export(&heads, &bundle, &f32_dir, false, 0.0).unwrap();
     moonlens::host::export::export(&heads, &bundle, &int8_dir, true, 0.0).unwrap();
     moonlens::host::export::export(&heads, &bundle, &mix_dir, true, 0.8).unwrap();
+    // the base's multilingual tower points into the base's space: not carried over
+    assert!(Bundle::open(&f32_dir)
+        .unwrap()
+        .manifest
+        .multilingual
+        .is_none());
     let f32_enc = Encoder::load(&Bundle::open(&f32_dir).unwrap()).unwrap();
     let int8_enc = Encoder::load(&Bundle::open(&int8_dir).unwrap()).unwrap();
     assert_eq!(f32_enc.dim(), 64);

@@ -1,8 +1,9 @@
 """Tux Paint stamps -> image/caption pairs files with a fixed train/val/test split by stamp.
 
 Usage: tuxpaint.py STAMPS_DIR OUT_DIR
-Writes OUT_DIR/{train,val,test}.jsonl (English first lines) and OUT_DIR/{train,val,test}_zh_CN.jsonl
-(the `zh_CN.utf8=` translations) with lines {"image": "<path relative to OUT_DIR>", "text": "..."},
+Writes OUT_DIR/{train,val,test}.jsonl (English first lines) and OUT_DIR/{train,val,test}_<locale>.jsonl
+for the locales in LOCALES (e.g. `zh_CN.utf8=` lines) with lines {"image": "<path relative to
+OUT_DIR>", "text": "..."},
 and OUT_DIR/{train,val,test}_parallel.jsonl: every translation of every caption (~100 languages)
 beside its English line, {"source": "<English>", "text": "<translation>", "lang": "<locale>"}
 (what `moonlens-host distill` reads).
@@ -14,6 +15,9 @@ import json
 import os
 import sys
 
+# per-language pairs files (evaluation of multilingual bundles; zh_CN also trains the heads)
+LOCALES = ("zh_CN", "zh_TW", "ja", "ko", "ru", "ar", "fr", "de", "es")
+
 
 def split_of(rel):
     h = int(hashlib.sha256(rel.encode()).hexdigest()[:8], 16) % 100
@@ -22,7 +26,8 @@ def split_of(rel):
 
 def main(stamps, out):
     os.makedirs(out, exist_ok=True)
-    files = {f"{split}{kind}": [] for split in ("train", "val", "test") for kind in ("", "_zh_CN", "_parallel")}
+    files = {f"{split}{kind}": [] for split in ("train", "val", "test")
+             for kind in ("", "_parallel") + tuple("_" + loc for loc in LOCALES)}
     skipped = 0
     for root, _, names in sorted(os.walk(stamps)):
         for n in sorted(names):
@@ -39,9 +44,10 @@ def main(stamps, out):
             image = os.path.relpath(png, out)
             split = split_of(os.path.relpath(png, stamps))
             files[split].append({"image": image, "text": lines[0].strip()})
-            zh = [l.split("=", 1)[1].strip() for l in lines if l.startswith("zh_CN") and "=" in l]
-            if zh and zh[0]:
-                files[f"{split}_zh_CN"].append({"image": image, "text": zh[0]})
+            for loc in LOCALES:
+                tr = [l.split("=", 1)[1].strip() for l in lines if "=" in l and l.split("=", 1)[0].split(".")[0] == loc]
+                if tr and tr[0]:
+                    files[f"{split}_{loc}"].append({"image": image, "text": tr[0]})
             english = lines[0].strip()
             for line in lines[1:]:
                 locale, eq, text = line.partition("=")

@@ -7,6 +7,7 @@
 //! symbolic so a 3-token query does not pay for 128.
 
 pub mod preprocess;
+pub mod rewrite;
 
 use crate::bundle::Bundle;
 use crate::error::{Context, Error, Result};
@@ -45,15 +46,24 @@ pub struct Encoder {
 }
 
 fn onnx_model(path: &std::path::Path) -> Result<InferenceModel> {
-    tract_onnx::onnx()
-        .with_ignore_value_info(true)
-        .model_for_path(path)
-        .map_err(|e| {
-            Error::new(format!(
-                "{}: not a loadable ONNX model: {e:#}",
+    let onnx = tract_onnx::onnx().with_ignore_value_info(true);
+    let not_loadable = |e: TractError| {
+        Error::new(format!(
+            "{}: not a loadable ONNX model: {e:#}",
+            path.display()
+        ))
+    };
+    let mut proto = onnx.proto_model_for_path(path).map_err(not_loadable)?;
+    if let Some(g) = proto.graph.as_mut() {
+        let folded = rewrite::fold_q4(g);
+        if folded > 0 {
+            log::debug!(
+                "{}: {folded} 4-bit matrices unpacked at load",
                 path.display()
-            ))
-        })
+            );
+        }
+    }
+    onnx.model_for_proto_model(&proto).map_err(not_loadable)
 }
 
 /// The bundle's image tower as a typed model with a symbolic batch `N`, computing `outputs`

@@ -167,23 +167,6 @@ fn rename(g: &mut pb::GraphProto, from: &str, to: &str) {
     }
 }
 
-/// Drops the nodes and initializers no graph output depends on (for a head on the raw
-/// features, the whole bridge: its class matrix is dead weight in the file).
-fn prune(g: &mut pb::GraphProto) {
-    let mut needed: std::collections::HashSet<String> =
-        g.output.iter().map(|o| o.name.clone()).collect();
-    let mut keep = vec![false; g.node.len()];
-    for (i, n) in g.node.iter().enumerate().rev() {
-        if n.output.iter().any(|o| needed.contains(o)) {
-            keep[i] = true;
-            needed.extend(n.input.iter().cloned());
-        }
-    }
-    let mut it = keep.iter();
-    g.node.retain(|_| *it.next().expect("one flag per node"));
-    g.initializer.retain(|t| needed.contains(&t.name));
-}
-
 fn output_info(name: &str, dim: Option<usize>) -> pb::ValueInfoProto {
     use pb::tensor_shape_proto::{dimension::Value, Dimension};
     let d = |v| Dimension {
@@ -286,7 +269,8 @@ fn append_head(t: &Tower, head: &Head, int8: bool, mix: Option<(f64, usize)>) ->
     g.output = std::iter::once(output_info("embedding", Some(dim)))
         .chain(t.keep.iter().map(|(n, d)| output_info(n, *d)))
         .collect();
-    prune(g);
+    // (for a head on the raw features: the whole bridge, its class matrix is dead weight)
+    crate::encoder::rewrite::prune(g);
     model.doc_string = format!(
         "{} + trained projection head ({}), moonlens-host export",
         model.doc_string,
@@ -374,6 +358,18 @@ pub fn export(heads: &Heads, base: &Bundle, out: &Path, int8: bool, mix: f64) ->
         .context("copying tokenizer.json")?;
 
     let mut manifest = m.clone();
+    if manifest.multilingual.take().is_some() {
+        // it was distilled into the base's text space, which the new heads replace
+        log::warn!(
+            "{}'s multilingual text tower is not carried over: it points into the base \
+             bundle's space; distill it again against {} (moonlens-host distill --teacher)",
+            base.dir.display(),
+            out.display()
+        );
+        if let Some(p) = manifest.provenance.as_mut() {
+            p.remove("multilingual_text_backbone");
+        }
+    }
     let c = &heads.info.config;
     let kind = match c.image_input {
         ImageInput::Raw => "raw",

@@ -39,7 +39,8 @@ pub struct Rows {
     pub targets: Vec<Vec<f32>>,
 }
 
-/// The texts the student reads (each line's text, then each distinct source) and, per text,
+/// The texts the student reads (each line's text unless it is the source itself, then each
+/// distinct source) and, per text,
 /// its source's index; and the distinct sources in first-seen order.
 pub fn texts_of(lines: &[Parallel]) -> (Vec<String>, Vec<usize>, Vec<String>) {
     let mut sources: Vec<String> = Vec::new();
@@ -51,8 +52,11 @@ pub fn texts_of(lines: &[Parallel]) -> (Vec<String>, Vec<usize>, Vec<String>) {
             sources.push(l.source.clone());
             sources.len() - 1
         });
-        texts.push(l.text.clone());
-        target_of.push(i);
+        if l.text != l.source {
+            // an English line is its source's own row, added below
+            texts.push(l.text.clone());
+            target_of.push(i);
+        }
     }
     for (i, s) in sources.iter().enumerate() {
         texts.push(s.clone());
@@ -272,6 +276,7 @@ mod tests {
             line("A rabbit.", "兔子"),
             line("A moon.", "月亮"),
             line("A rabbit.", "Un lapin."),
+            line("A moon.", "A moon."),
         ]);
         assert_eq!(sources, ["A rabbit.", "A moon."]);
         assert_eq!(texts, ["兔子", "月亮", "Un lapin.", "A rabbit.", "A moon."]);
