@@ -22,6 +22,48 @@ const USAGE: &str = "usage:
   moonlens-host bench profile --bundle DIR [--runs N]
   moonlens-host bench search [--entries N] [--queries N] [--json]";
 
+/// The options `train` and `distill` share.
+const TRAINING_OPTIONS: &[&str] = &[
+    "pairs",
+    "val",
+    "out",
+    "blocks",
+    "dropout",
+    "lr",
+    "weight-decay",
+    "batch",
+    "epochs",
+    "patience",
+    "seed",
+    "cache",
+];
+
+/// The defaults with the shared options applied.
+fn training_config(args: &Args) -> Result<Config> {
+    let d = Config::default();
+    Ok(Config {
+        blocks: args.number("blocks", d.blocks)?,
+        dropout: args.number("dropout", d.dropout)?,
+        lr: args.number("lr", d.lr)?,
+        weight_decay: args.number("weight-decay", d.weight_decay)?,
+        batch: args.number("batch", d.batch)?,
+        max_epochs: args.number("epochs", d.max_epochs)?,
+        patience: args.number("patience", d.patience)?,
+        seed: args.number("seed", d.seed)?,
+        ..d
+    })
+}
+
+/// The last stdout line of `train` and `distill`.
+fn print_run(out: &Path, history: &[moonlens::host::train::Epoch], best_epoch: usize) {
+    let best = history.iter().find(|e| e.epoch == best_epoch);
+    println!(
+        "{}",
+        serde_json::json!({"heads": out, "best_epoch": best_epoch, "epochs": history.len(),
+            "best": best, "curve": out.join("curve.png")})
+    );
+}
+
 /// Several files, comma-separated: `--pairs train.jsonl,train_zh_CN.jsonl`.
 fn files(args: &Args, name: &str) -> Result<Vec<std::path::PathBuf>> {
     Ok(args.require(name)?.split(',').map(Into::into).collect())
@@ -52,25 +94,9 @@ fn run() -> Result<()> {
             Ok(())
         }
         ("train", None) => {
-            args.only(&[
-                "pairs",
-                "val",
-                "out",
-                "bundle",
-                "image-input",
-                "dim",
-                "blocks",
-                "dropout",
-                "temperature",
-                "lr",
-                "weight-decay",
-                "batch",
-                "epochs",
-                "patience",
-                "seed",
-                "cache",
-            ])?;
-            let d = Config::default();
+            let extra = ["bundle", "image-input", "dim", "temperature"];
+            args.only(&[TRAINING_OPTIONS, &extra].concat())?;
+            let d = training_config(&args)?;
             let cfg = Config {
                 image_input: match args.get("image-input").unwrap_or("raw") {
                     "raw" => ImageInput::Raw,
@@ -82,15 +108,7 @@ fn run() -> Result<()> {
                     }
                 },
                 dim: args.number("dim", d.dim)?,
-                blocks: args.number("blocks", d.blocks)?,
-                dropout: args.number("dropout", d.dropout)?,
                 temperature: args.number("temperature", d.temperature)?,
-                lr: args.number("lr", d.lr)?,
-                weight_decay: args.number("weight-decay", d.weight_decay)?,
-                batch: args.number("batch", d.batch)?,
-                max_epochs: args.number("epochs", d.max_epochs)?,
-                patience: args.number("patience", d.patience)?,
-                seed: args.number("seed", d.seed)?,
                 ..d
             };
             let bundle = Bundle::open(args.get("bundle").unwrap_or("models/default"))?;
@@ -103,43 +121,11 @@ fn run() -> Result<()> {
                 args.get("cache").map(Path::new),
                 &cfg,
             )?;
-            let best = t.history.iter().find(|e| e.epoch == t.best_epoch);
-            println!(
-                "{}",
-                serde_json::json!({"heads": out, "best_epoch": t.best_epoch,
-                    "epochs": t.history.len(), "best": best, "curve": out.join("curve.png")})
-            );
+            print_run(out, &t.history, t.best_epoch);
             Ok(())
         }
         ("distill", None) => {
-            args.only(&[
-                "teacher",
-                "student",
-                "pairs",
-                "val",
-                "out",
-                "blocks",
-                "dropout",
-                "lr",
-                "weight-decay",
-                "batch",
-                "epochs",
-                "patience",
-                "seed",
-                "cache",
-            ])?;
-            let d = Config::default();
-            let cfg = Config {
-                blocks: args.number("blocks", d.blocks)?,
-                dropout: args.number("dropout", d.dropout)?,
-                lr: args.number("lr", d.lr)?,
-                weight_decay: args.number("weight-decay", d.weight_decay)?,
-                batch: args.number("batch", d.batch)?,
-                max_epochs: args.number("epochs", d.max_epochs)?,
-                patience: args.number("patience", d.patience)?,
-                seed: args.number("seed", d.seed)?,
-                ..d
-            };
+            args.only(&[TRAINING_OPTIONS, &["teacher", "student"]].concat())?;
             let out = Path::new(args.require("out")?);
             let t = moonlens::host::train::distill::run(
                 &Bundle::open(args.require("teacher")?)?,
@@ -148,14 +134,9 @@ fn run() -> Result<()> {
                 &files(&args, "val")?,
                 out,
                 args.get("cache").map(Path::new),
-                &cfg,
+                &training_config(&args)?,
             )?;
-            let best = t.history.iter().find(|e| e.epoch == t.best_epoch);
-            println!(
-                "{}",
-                serde_json::json!({"heads": out, "best_epoch": t.best_epoch,
-                    "epochs": t.history.len(), "best": best, "curve": out.join("curve.png")})
-            );
+            print_run(out, &t.history, t.best_epoch);
             Ok(())
         }
         ("export", None) => {

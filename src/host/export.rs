@@ -133,6 +133,15 @@ impl Appender<'_> {
     }
 }
 
+/// How head matrices are stored, for bundle.toml.
+fn weights_note(int8: bool) -> &'static str {
+    if int8 {
+        "int8 per output column (Cast, Mul)"
+    } else {
+        "f32"
+    }
+}
+
 fn int_attr(name: &str, i: i64) -> pb::AttributeProto {
     pb::AttributeProto {
         name: name.into(),
@@ -420,15 +429,7 @@ pub fn export(heads: &Heads, base: &Bundle, out: &Path, int8: bool, mix: f64) ->
         "features_from".into(),
         heads.info.base_bundle_id.clone().into(),
     );
-    t.insert(
-        "weights".into(),
-        if int8 {
-            "int8 per output column (Cast, Mul)"
-        } else {
-            "f32"
-        }
-        .into(),
-    );
+    t.insert("weights".into(), weights_note(int8).into());
     manifest.heads = Some(t);
     manifest.sha256.clear();
     for f in ["image.onnx", "text.onnx", "tokenizer.json"] {
@@ -556,15 +557,7 @@ pub fn export_multilingual(
         d.insert("val_source_r1".into(), b.val_r1.into());
     }
     d.insert("train_texts".into(), (heads.info.train_pairs as i64).into());
-    d.insert(
-        "weights".into(),
-        if int8 {
-            "int8 per output column (Cast, Mul)"
-        } else {
-            "f32"
-        }
-        .into(),
-    );
+    d.insert("weights".into(), weights_note(int8).into());
     manifest
         .heads
         .get_or_insert_with(toml::Table::new)

@@ -76,16 +76,7 @@ pub fn run(
     let mut bar = Progress::new("training epochs", cfg.max_epochs);
     let trained = super::train(&tf, &vf, cfg, |e| {
         bar.inc(1);
-        log::info!(
-            "epoch {:3}: train loss {:.4}  val loss {:.4}  val R@1/5/10 {:.3}/{:.3}/{:.3}  lr {:.1e}",
-            e.epoch,
-            e.train_loss,
-            e.val_loss,
-            e.val_r1,
-            e.val_r5,
-            e.val_r10,
-            e.lr
-        );
+        e.log("image");
     })?;
     let info = HeadsInfo {
         format: 1,

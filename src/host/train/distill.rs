@@ -138,15 +138,7 @@ pub fn distill(
         check_weights(&[&head], epoch, opt.lr)?;
         let (val_loss, r) = evaluate(&head, val, cfg);
         check_val_loss(val_loss, first_val, epoch, opt.lr)?;
-        let e = Epoch {
-            epoch,
-            train_loss: sum / order.len() as f64,
-            val_loss,
-            lr: opt.lr,
-            val_r1: r[0],
-            val_r5: r[1],
-            val_r10: r[2],
-        };
+        let e = Epoch::new(epoch, sum / order.len() as f64, val_loss, opt.lr, r);
         on_epoch(&e);
         history.push(e);
         match plateau.observe(val_loss, epoch, cfg, &mut opt) {
@@ -229,16 +221,7 @@ pub fn run(
     let mut bar = Progress::new("distillation epochs", cfg.max_epochs);
     let d = distill(&tr, &va, &cfg, |e| {
         bar.inc(1);
-        log::info!(
-            "epoch {:3}: train loss {:.4}  val loss {:.4}  val source R@1/5/10 {:.3}/{:.3}/{:.3}  lr {:.1e}",
-            e.epoch,
-            e.train_loss,
-            e.val_loss,
-            e.val_r1,
-            e.val_r5,
-            e.val_r10,
-            e.lr
-        );
+        e.log("source");
     })?;
     let info = HeadsInfo {
         format: 1,

@@ -172,6 +172,34 @@ pub fn embed(head: &Head, rows: &[Vec<f32>]) -> Vec<Vec<f32>> {
         .collect()
 }
 
+impl Epoch {
+    fn new(epoch: usize, train_loss: f64, val_loss: f64, lr: f64, r: [f64; 3]) -> Epoch {
+        Epoch {
+            epoch,
+            train_loss,
+            val_loss,
+            lr,
+            val_r1: r[0],
+            val_r5: r[1],
+            val_r10: r[2],
+        }
+    }
+
+    /// One log line; `recall` names what the validation recall counts.
+    pub fn log(&self, recall: &str) {
+        log::info!(
+            "epoch {:3}: train loss {:.4}  val loss {:.4}  val {recall} R@1/5/10 {:.3}/{:.3}/{:.3}  lr {:.1e}",
+            self.epoch,
+            self.train_loss,
+            self.val_loss,
+            self.val_r1,
+            self.val_r5,
+            self.val_r10,
+            self.lr
+        );
+    }
+}
+
 /// Early stopping and learning-rate reduction on the validation loss (`train`, `distill`).
 struct Plateau {
     best: f64,
@@ -323,15 +351,7 @@ pub fn train(
         check_weights(&[&text, &image], epoch, opt.lr)?;
         let (val_loss, r) = evaluate(&text, &image, &va, cfg);
         check_val_loss(val_loss, first_val, epoch, opt.lr)?;
-        let e = Epoch {
-            epoch,
-            train_loss: sum / count.max(1.0),
-            val_loss,
-            lr: opt.lr,
-            val_r1: r[0],
-            val_r5: r[1],
-            val_r10: r[2],
-        };
+        let e = Epoch::new(epoch, sum / count.max(1.0), val_loss, opt.lr, r);
         on_epoch(&e);
         history.push(e);
         match plateau.observe(val_loss, epoch, cfg, &mut opt) {
