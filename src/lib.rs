@@ -12,8 +12,9 @@
 //!
 //! - [`bundle`]: read and verify a model bundle (`bundle.toml`, sha256 of every file).
 //!   Knows nothing of tract.
-//! - [`encoder`]: preprocessing, tokenization and the two tract plans; `embed_image`,
-//!   `embed_text`.
+//! - [`encoder`]: preprocessing, tokenization and the tract plans; `embed_image`,
+//!   `embed_text` (routed to the bundle's multilingual text tower when the query needs it);
+//!   `encoder::rewrite` unpacks 4-bit weight blocks before tract reads a graph.
 //! - [`error`]: one error type whose messages say what to do.
 //! - [`index`]: the memory-mapped ring of quantized embeddings and thumbnails
 //!   (`src/index/FORMAT.md`), exact top-k search.
@@ -21,12 +22,15 @@
 //! - [`source`]: frame sources (V4L2, a directory replay, a fault injector for tests).
 //! - [`daemon`]: ingest, transports (socket, serial, console), watches.
 //! - `host` (feature `host`, workstation only): offline training of the projection heads
-//!   (`host::train`, hand-written gradients), export to a bundle (`host::export`), features
-//!   cache, evaluation, contact sheets and benchmarks.
+//!   (`host::train`, hand-written gradients), distillation of a multilingual text tower
+//!   (`host::train::distill`), export to a bundle (`host::export`), features cache,
+//!   evaluation, contact sheets and benchmarks.
 //!
 //! ```text
-//! training: pairs ──▶ host::features (frozen towers, cached) ──▶ host::train ──heads──▶
-//!           host::export ──▶ bundle the daemon loads unchanged
+//! training:     pairs ──▶ host::features (frozen towers, cached) ──▶ host::train ──heads──▶
+//!               host::export ──▶ bundle the daemon loads unchanged
+//! distillation: parallel text ──▶ host::sentences (teacher targets, student inputs, cached)
+//!               ──▶ host::train::distill ──head──▶ host::export (--teacher) ──▶ [multilingual]
 //! ```
 #![deny(unsafe_op_in_unsafe_fn)]
 
