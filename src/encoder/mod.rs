@@ -41,7 +41,7 @@ pub struct Encoder {
     text: TextEncoder,
     /// The bundle's `[multilingual]` text tower, for queries [`needs_multilingual`] sends there.
     multilingual: Option<TextEncoder>,
-    /// Wall time of [`Encoder::load`]: both towers parsed, optimized and ready.
+    /// Wall time of [`Encoder::load`]: all towers parsed, optimized and ready.
     pub load_time: Duration,
 }
 
@@ -295,11 +295,6 @@ impl TextEncoder {
             tokenizer,
             dim,
         })
-    }
-
-    /// The tower's optimized plan (for profiling).
-    pub fn plan(&self) -> &Plan {
-        &self.plan
     }
 
     /// Token ids of `text` as this tower's tokenizer makes them (prefix added, truncated).
