@@ -108,6 +108,87 @@ fn socket_search_status_thumb_and_bad_input() {
     assert!(r[0].starts_with("ERROR") && r[0].contains("long"), "{r:?}");
     let r = ask_human(&mut s, "search 月亮 k=1\n".as_bytes());
     assert!(r[0].starts_with("+HIT"), "{r:?}");
+    // a window longer than the clock's past means everything (it meant nothing: issue 14)
+    let r = ask_human(&mut s, b"search a rabbit k=2 since=18446744073709551615\n");
+    assert_eq!(r.len(), 3, "{r:?}");
+}
+
+/// Runs a second daemon to its exit (killed after 60 s: a second daemon that keeps running
+/// is the bug); returns its stderr.
+fn second_daemon(index: &std::path::Path, socket: &std::path::Path) -> String {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_moonlensd"))
+        .current_dir(root())
+        .args(["--source", "dir:models/samples", "--no-console", "--index"])
+        .arg(index)
+        .arg("--socket")
+        .arg(socket)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("a second daemon on the same index kept running");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    err
+}
+
+/// Issue 14, fault 2: a second daemon on the same socket, or on the same index behind
+/// another socket, exits with an error that names the problem; the first keeps serving.
+#[test]
+fn a_second_daemon_is_refused_and_harms_nothing() {
+    let d = start("second", &[]);
+    let dir = d.socket.parent().unwrap().to_path_buf();
+    let e = second_daemon(&dir.join("index"), &d.socket);
+    assert!(e.contains("in use by a running daemon"), "{e}");
+    let e = second_daemon(&dir.join("index"), &dir.join("other.sock"));
+    let pid = d.child.id().to_string();
+    assert!(e.contains("another process") && e.contains(&pid), "{e}");
+    let st = ask_json(&d.socket, &json!({"id": 1, "cmd": "status"})).unwrap();
+    assert_eq!(
+        (st["frames"].clone(), st["ok"].clone()),
+        (json!(22), json!(true))
+    );
+    let v = ask_json(
+        &d.socket,
+        &json!({"id": 2, "cmd": "search", "text": "a duck", "k": 1}),
+    );
+    assert_eq!(top_label(&v.unwrap()), "duck.png");
+}
+
+/// Issue 14, fault 5: `--socket` at a regular file deleted it. Only a socket that refuses
+/// connections is replaced; the socket has its final mode from the start.
+#[test]
+fn only_a_dead_socket_is_replaced() {
+    use moonlens::daemon::transport::bind;
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempdir("sockets");
+    let file = d.join("notes.txt");
+    std::fs::write(&file, b"precious").unwrap();
+    let e = bind(&file).err().unwrap().to_string();
+    assert!(e.contains("not a socket"), "{e}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"precious");
+    let path = d.join("d.sock");
+    let live = bind(&path).unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o660, "{mode:o}");
+    assert!(bind(&path).err().unwrap().to_string().contains("in use"));
+    drop(live); // the file stays and refuses connections: stale
+    assert!(path.exists());
+    let _again = bind(&path).unwrap();
 }
 
 #[test]

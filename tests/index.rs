@@ -356,3 +356,104 @@ fn every_acknowledged_entry_survives_sigkill() {
         "the writer made too little progress ({max_acked})"
     );
 }
+
+/// Issue 14, fault 2: two daemons on one index both acknowledged the same ids for different
+/// frames. The second writer is now refused, naming the holder, until the first closes.
+#[test]
+fn a_second_writer_is_refused_with_the_holders_pid() {
+    let (idx, d) = filled("twowriters", 10, 3);
+    for e in [
+        Index::open(&d).err().unwrap().to_string(),
+        Index::open_or_create(&d, DIM, 10, BUNDLE)
+            .err()
+            .unwrap()
+            .to_string(),
+    ] {
+        let pid = std::process::id().to_string();
+        assert!(e.contains("another process") && e.contains(&pid), "{e}");
+    }
+    // readers do not need the lock
+    assert_eq!(Index::verify(&d).unwrap().entries, 3);
+    drop(idx);
+    assert_eq!(Index::open(&d).unwrap().len(), 3);
+}
+
+fn allocated_bytes(p: &std::path::Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p).unwrap();
+    (m.len(), m.blocks() * 512)
+}
+
+/// Issue 14, fault 1: sparse ring files met a full disk as SIGBUS under the mapping. Every
+/// byte of both files now has its block from the start, with the files' explicit mode.
+#[test]
+fn ring_files_have_their_blocks_reserved_and_an_explicit_mode() {
+    let (idx, d) = filled("reserved", 64, 1);
+    for f in ["index.ml", "thumbs.ml"] {
+        let (len, allocated) = allocated_bytes(&d.join(f));
+        assert!(
+            allocated >= len,
+            "{f}: {allocated} of {len} bytes allocated"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(d.join(f)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o640, "{f}: {mode:o}");
+    }
+    drop(idx);
+}
+
+/// A file system too small for the ring: a clear error at creation naming the bytes needed
+/// and free, no half-made files left; a ring that fits works. Needs a tmpfs of its own
+/// (root), and says so when it cannot have one.
+#[test]
+fn a_disk_too_small_for_the_ring_fails_at_creation_with_the_sizes() {
+    let mnt = tempdir("smalldisk");
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("SKIPPED: cannot mount a 1 MiB tmpfs here (needs root); not tested");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let d = mnt.join("index");
+    // 100 thumbnail slots of 16 KiB = 1.6 MB > 1 MiB
+    let e = Index::open_or_create(&d, DIM, 100, BUNDLE)
+        .err()
+        .expect("a 1.6 MB ring on a 1 MiB disk must be refused")
+        .to_string();
+    assert!(
+        e.contains("1638400 bytes") && e.contains("free") && e.contains("--capacity"),
+        "{e}"
+    );
+    assert!(!d.join("index.ml").exists() && !d.join("thumbs.ml").exists());
+    // 20 slots fit: appends go through, and the files are not sparse
+    let idx = Index::open_or_create(&d, DIM, 20, BUNDLE).unwrap();
+    for seq in 1..=25u64 {
+        idx.append(
+            seq as i64,
+            "cam0",
+            "f",
+            &embedding_for(seq),
+            &thumb_for(seq),
+        )
+        .unwrap();
+    }
+    assert_eq!(idx.len(), 20);
+    let (len, allocated) = allocated_bytes(&d.join("thumbs.ml"));
+    assert!(allocated >= len);
+    drop(idx);
+    // a disk filled by someone else after creation cannot touch the reserved ring
+    let filler = mnt.join("filler");
+    let _ = std::fs::write(&filler, vec![0u8; 1 << 20]);
+    let idx = Index::open(&d).unwrap();
+    assert_eq!((idx.len(), idx.head()), (20, 25));
+}

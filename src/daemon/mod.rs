@@ -163,8 +163,12 @@ impl Shared {
                     Err(e) => return Response::Error(format!("cannot encode the query: {e}")),
                 };
                 let filter = Filter {
-                    since_ms: since_s
-                        .map(|s| crate::source::now_ms() - (s as i64).saturating_mul(1000)),
+                    // a window longer than the clock's past (since=18446744073709551615) is
+                    // "everything", not a cutoff in the future
+                    since_ms: since_s.map(|s| {
+                        let ms = i64::try_from(s).unwrap_or(i64::MAX).saturating_mul(1000);
+                        crate::source::now_ms().saturating_sub(ms)
+                    }),
                     until_ms: None,
                     source: source.clone(),
                 };
@@ -237,6 +241,9 @@ impl Shared {
 /// alive, e.g. by serving the console or joining the socket thread).
 pub fn start(cfg: &config::Config) -> crate::Result<(Arc<Shared>, std::thread::JoinHandle<()>)> {
     use crate::error::Context;
+    // The socket first: a second daemon started by mistake stops here, before it touches the
+    // index (which its writer lock also refuses).
+    let listener = transport::bind(&cfg.socket())?;
     let bundle = crate::bundle::Bundle::open(cfg.bundle())?;
     let encoder = Encoder::load(&bundle)?;
     log::info!(
@@ -274,7 +281,6 @@ pub fn start(cfg: &config::Config) -> crate::Result<(Arc<Shared>, std::thread::J
         pixel_diff: cfg.gate_pixels.unwrap_or(defaults.pixel_diff),
         embedding_cos: cfg.gate_embedding.unwrap_or(defaults.embedding_cos),
     };
-    let listener = transport::bind(&cfg.socket())?;
     let cooldown = std::time::Duration::from_secs(cfg.watch_cooldown_s.unwrap_or(60));
     let shared = Arc::new(Shared::new(encoder, index, source.id(), cooldown));
     log::info!("source {spec}; socket {}", cfg.socket().display());

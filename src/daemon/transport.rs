@@ -83,26 +83,45 @@ pub fn session<R: Read, W: Write + Send + 'static>(
     let _ = writer_thread.join();
 }
 
-/// Bind `path` (replacing a stale socket file, refusing a live one), mode 0660.
+/// Bind `path`, mode 0660 from the first instant. Replaces only a stale socket: a socket
+/// file that refuses connections. A live socket, anything that is not a socket, and a socket
+/// we cannot probe (another user's, permission denied) are left alone and reported.
 pub fn bind(path: &Path) -> Result<UnixListener> {
-    if path.exists() {
-        if UnixStream::connect(path).is_ok() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
             crate::bail!(
-                "{} is in use by a running daemon; stop it or pass another --socket",
+                "{} exists and is not a socket; refusing to replace it: pass another --socket",
                 path.display()
             );
         }
-        std::fs::remove_file(path)
-            .context(format_args!("removing stale socket {}", path.display()))?;
+        match UnixStream::connect(path) {
+            Ok(_) => crate::bail!(
+                "{} is in use by a running daemon; stop it or pass another --socket",
+                path.display()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                std::fs::remove_file(path)
+                    .context(format_args!("removing stale socket {}", path.display()))?
+            }
+            Err(e) => crate::bail!(
+                "{}: cannot tell whether a daemon owns this socket ({e}); remove it if it is \
+                 stale, or pass another --socket",
+                path.display()
+            ),
+        }
     }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).context(format_args!("creating {}", dir.display()))?;
     }
-    let l = UnixListener::bind(path).context(format_args!("cannot bind {}", path.display()))?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .context("chmod 0660 on the socket")?;
-    Ok(l)
+    // The socket file takes its mode from the umask at bind: set it so the file is 0660 from
+    // the start (no window at the process umask), then put the old one back. Startup runs
+    // this before any other thread creates files.
+    // SAFETY: umask only swaps the process's file-creation mask.
+    let old = unsafe { libc::umask(0o117) };
+    let bound = UnixListener::bind(path);
+    unsafe { libc::umask(old) };
+    bound.context(format_args!("cannot bind {}", path.display()))
 }
 
 pub fn serve_socket(shared: Arc<Shared>, listener: UnixListener) {

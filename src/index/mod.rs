@@ -7,6 +7,7 @@
 //! carries a CRC, so a torn write (crash, power loss) is detected on open and the slot is
 //! treated as empty and reported, never returned.
 
+pub mod disk;
 pub mod search;
 
 use crate::error::{Context, Error, Result};
@@ -268,6 +269,8 @@ pub struct Index {
     /// flush to the media before `append` returns (off only in benchmarks)
     durable: bool,
     opened_report: Report,
+    /// the directory's writer lock, released on drop (or by the kernel on any death)
+    _lock: disk::WriterLock,
 }
 
 fn now_ms() -> i64 {
@@ -278,11 +281,13 @@ fn now_ms() -> i64 {
 }
 
 fn open_rw(path: &Path, create: bool) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
     OpenOptions::new()
         .read(true)
         .write(true)
         .create(create)
         .truncate(false)
+        .mode(disk::FILE_MODE)
         .open(path)
         .context(format_args!("cannot open {}", path.display()))
 }
@@ -301,6 +306,8 @@ impl Index {
             dir.display()
         ))?;
         let ipath = dir.join("index.ml");
+        // taken once, before creating: a second daemon must not create under the first's feet
+        let lock = disk::lock_writer(dir)?;
         if !ipath.exists() {
             if capacity == 0 || capacity > MAX_CAPACITY {
                 crate::bail!("index capacity {capacity} is out of range 1..={MAX_CAPACITY}");
@@ -315,7 +322,7 @@ impl Index {
             };
             Self::create(dir, &h)?;
         }
-        let idx = Self::open(dir)?;
+        let idx = Self::open_locked(dir, lock)?;
         if idx.header.bundle_id != bundle_id {
             crate::bail!(
                 "index {} was built with another model bundle ({}…, this one is {}…); its embeddings \
@@ -336,16 +343,32 @@ impl Index {
     }
 
     fn create(dir: &Path, h: &Header) -> Result<()> {
-        // Written under temporary names and renamed: a crash leaves no half-made index.
+        // Written under temporary names and renamed: a crash leaves no half-made index. Both
+        // files get their blocks now, so a disk too small for the ring fails here, at start,
+        // and never under the mapping (FORMAT.md, "The media").
         let len = HEADER_SIZE as u64 + h.capacity * h.slot_size as u64;
         let tmp = dir.join("index.ml.tmp");
-        let f = open_rw(&tmp, true)?;
-        f.set_len(len).context("sizing the index file")?;
-        std::fs::write(dir.join("thumbs.ml"), []).context("creating thumbs.ml")?;
-        let t = open_rw(&dir.join("thumbs.ml"), false)?;
-        t.set_len(h.capacity * h.thumb_slot as u64)
-            .context("sizing thumbs.ml")?;
-        t.sync_all().context("syncing thumbs.ml")?;
+        let tpath = dir.join("thumbs.ml");
+        let made = (|| -> Result<File> {
+            let f = open_rw(&tmp, true)?;
+            f.set_len(len).context("sizing the index file")?;
+            disk::reserve(&f, len, &dir.join("index.ml"))?;
+            let t = open_rw(&tpath, true)?;
+            t.set_len(0).context("emptying thumbs.ml")?;
+            let tlen = h.capacity * h.thumb_slot as u64;
+            t.set_len(tlen).context("sizing thumbs.ml")?;
+            disk::reserve(&t, tlen, &tpath)?;
+            t.sync_all().context("syncing thumbs.ml")?;
+            Ok(f)
+        })();
+        let f = match made {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                let _ = std::fs::remove_file(&tpath);
+                return Err(e);
+            }
+        };
         use std::os::unix::fs::FileExt;
         f.write_all_at(&h.encode(), 0)
             .context("writing the index header")?;
@@ -357,8 +380,14 @@ impl Index {
         Ok(())
     }
 
-    /// Open an existing index; bad slots are counted in [`Index::report`] and never served.
+    /// Open an existing index for writing; bad slots are counted in [`Index::report`] and
+    /// never served. Takes the directory's writer lock first: a second writer is refused
+    /// with the holder's pid before it reads or writes anything.
     pub fn open(dir: &Path) -> Result<Index> {
+        Self::open_locked(dir, disk::lock_writer(dir)?)
+    }
+
+    fn open_locked(dir: &Path, lock: disk::WriterLock) -> Result<Index> {
         let ipath = dir.join("index.ml");
         let f = open_rw(&ipath, false)?;
         let len = f.metadata().context("stat index.ml")?.len();
@@ -383,6 +412,10 @@ impl Index {
         if t.metadata().context("stat thumbs.ml")?.len() < twant {
             t.set_len(twant).context("extending thumbs.ml")?;
         }
+        // Blocks for every byte the mapping may write (also upgrades an index made sparse by
+        // an older moonlensd; allocated ranges cost nothing).
+        disk::reserve(&f, want, &ipath)?;
+        disk::reserve(&t, twant, &tpath)?;
         // SAFETY: the files are ours (one writer process per index directory, see FORMAT.md);
         // their lengths were checked above.
         let index = unsafe { MmapOptions::new().len(want as usize).map_mut(&f) }
@@ -410,6 +443,7 @@ impl Index {
             maps: RwLock::new(maps),
             durable: true,
             opened_report: report,
+            _lock: lock,
         })
     }
 
