@@ -6,6 +6,7 @@
 //! leaves an index that the next start recovers (`src/index/FORMAT.md`), and a stale socket
 //! file is replaced on start.
 
+pub mod clients;
 pub mod config;
 pub mod ingest;
 pub mod transport;
@@ -15,12 +16,12 @@ use crate::encoder::Encoder;
 use crate::index::search::Filter;
 use crate::index::Index;
 use crate::protocol::{self, Command, Form, HitView, Request, Response, StatusView};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
-pub const MAX_CLIENTS: usize = 64;
+pub use clients::MAX_CLIENTS;
 pub const QUERY_SLOTS: usize = 2;
 pub const OUTBOX: usize = 64;
 
@@ -49,7 +50,7 @@ pub struct Shared {
     pub source_done: AtomicBool,
     pub watches: Mutex<watch::Watches>,
     pub started: Instant,
-    pub clients: AtomicUsize,
+    pub clients: Arc<clients::Clients>,
     subscribers: Mutex<Vec<Subscriber>>,
     next_subscriber: AtomicU64,
     slots: (Mutex<usize>, Condvar),
@@ -70,7 +71,7 @@ impl Shared {
             source_done: AtomicBool::new(false),
             watches: Mutex::new(watch::Watches::new(watch_cooldown)),
             started: Instant::now(),
-            clients: AtomicUsize::new(0),
+            clients: Arc::default(),
             subscribers: Mutex::new(Vec::new()),
             next_subscriber: AtomicU64::new(1),
             slots: (Mutex::new(QUERY_SLOTS), Condvar::new()),

@@ -3,7 +3,7 @@
 //! and a writer thread that drains a bounded outbox (replies and `+MATCH` pushes), so a slow
 //! client never blocks ingest or other clients. No TCP listener, by design.
 
-use super::{Shared, MAX_CLIENTS, OUTBOX};
+use super::{Shared, OUTBOX};
 use crate::error::{Context, Result};
 use crate::protocol::{render, Form, Line, LineBuffer, Response, MAX_LINE};
 use std::io::{ErrorKind, Read, Write};
@@ -127,24 +127,22 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
 pub fn serve_socket(shared: Arc<Shared>, listener: UnixListener) {
     for conn in listener.incoming() {
         let Ok(stream) = conn else { continue };
-        if shared.clients.fetch_add(1, Relaxed) >= MAX_CLIENTS {
-            shared.clients.fetch_sub(1, Relaxed);
+        let Some(seat) = shared.clients.seat(&stream) else {
             let mut s = stream;
             let _ = s.write_all(b"ERROR busy: too many clients, try again\n");
             continue;
-        }
+        };
         let s = shared.clone();
         let spawned = std::thread::Builder::new()
             .name("client".into())
             .spawn(move || {
                 if let Ok(w) = stream.try_clone() {
                     let _ = w.set_write_timeout(Some(std::time::Duration::from_secs(10)));
-                    session(&s, &stream, w, "socket");
+                    session(&s, seat.track(&stream), w, "socket");
                 }
-                s.clients.fetch_sub(1, Relaxed);
             });
-        if spawned.is_err() {
-            shared.clients.fetch_sub(1, Relaxed);
+        if let Err(e) = spawned {
+            log::warn!("cannot start a client thread: {e}");
         }
     }
 }
