@@ -224,6 +224,30 @@ fn bit_flips_are_detected_reported_and_never_served() {
 
     let idx = Index::open(&d).unwrap();
     assert_eq!(idx.report().corrupt, 3);
+    // issue 14, fault 3: recovery cleared the slots on disk and the report vanished; the
+    // damaged bytes are now kept first, and every later verify and open still says so
+    let after = Index::verify(&d).unwrap();
+    assert_eq!(
+        (after.entries, after.corrupt, after.quarantined),
+        (61, 0, 3)
+    );
+    let q = std::fs::read(d.join(moonlens::index::quarantine::FILE)).unwrap();
+    assert!(
+        q.windows(ss).count() > 0 && q.len() > 3 * ss,
+        "{} bytes",
+        q.len()
+    );
+    assert_eq!(moonlens::index::quarantine::slots(&d), vec![3, 17, 40]);
+    let out = std::process::Command::new(bin)
+        .args(["verify", "--index"])
+        .arg(&d)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "quarantined damage is still reported"
+    );
     for s in [4u64, 18, 41] {
         assert!(idx.get(s).is_none());
         assert!(idx
@@ -239,6 +263,9 @@ fn bit_flips_are_detected_reported_and_never_served() {
 
     // a flipped thumbnail: the entry is served without it
     drop(idx);
+    // a second open finds nothing new and keeps the record as it was
+    assert_eq!(Index::open(&d).unwrap().report().corrupt, 0);
+    assert_eq!(moonlens::index::quarantine::slots(&d), vec![3, 17, 40]);
     flip(&d.join("thumbs.ml"), 9 * moonlens::index::THUMB_SLOT);
     let idx = Index::open(&d).unwrap();
     let (e, thumb) = idx.get_with_thumb(10).unwrap();

@@ -36,7 +36,12 @@ fn run() -> Result<i32> {
             a.only(&["index"])?;
             let r = moonlens::index::Index::verify(Path::new(a.require("index")?))?;
             println!("{}", serde_json::to_string(&r).expect("plain struct"));
-            Ok(if r.corrupt > 0 { 2 } else { 0 })
+            // damage found now, or found and quarantined by an earlier start
+            Ok(if r.corrupt > 0 || r.quarantined > 0 {
+                2
+            } else {
+                0
+            })
         }
         Some("query") => query(Args::parse(argv[1..].to_vec(), &["json"])?),
         _ => daemon(Args::parse(argv, &["loop", "console", "no-console"])?),

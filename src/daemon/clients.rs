@@ -53,14 +53,6 @@ impl Clients {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    pub fn len(&self) -> usize {
-        self.table.lock().expect("clients lock").len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// A seat for `stream`, evicting the longest-idle client if the table is full and one
     /// has been silent for [`IDLE_EVICT`]; `None` when the table stays full.
     pub fn seat(self: &Arc<Self>, stream: &UnixStream) -> Option<Seat> {

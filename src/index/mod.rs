@@ -8,6 +8,7 @@
 //! treated as empty and reported, never returned.
 
 pub mod disk;
+pub mod quarantine;
 pub mod search;
 
 use crate::error::{Context, Error, Result};
@@ -252,6 +253,9 @@ pub struct Report {
     /// Valid entries whose thumbnail fails its checksum (a crash between the two writes of
     /// an append can leave the entry about to be overwritten without its thumbnail).
     pub bad_thumbs: u64,
+    /// Damaged slots found by earlier opens and kept in `quarantine.ml` before they were
+    /// cleared (`verify` only; the evidence of past damage).
+    pub quarantined: u64,
 }
 
 struct Maps {
@@ -428,7 +432,7 @@ impl Index {
             head: 0,
             live: 0,
         };
-        let report = Self::scan(&header, &mut maps);
+        let report = Self::scan(dir, &header, &mut maps);
         if report.corrupt > 0 {
             log::warn!(
                 "{}: {} corrupt slot(s) ignored: {:?}",
@@ -447,12 +451,13 @@ impl Index {
         })
     }
 
-    fn scan(h: &Header, maps: &mut Maps) -> Report {
+    fn scan(dir: &Path, h: &Header, maps: &mut Maps) -> Report {
         let ss = h.slot_size as usize;
         let mut r = Report {
             capacity: h.capacity,
             ..Default::default()
         };
+        let mut bad = Vec::new();
         for i in 0..h.capacity {
             let off = HEADER_SIZE + i as usize * ss;
             match check_slot(&maps.index[off..off + ss], i, h) {
@@ -466,10 +471,21 @@ impl Index {
                     if r.corrupt_slots.len() < 100 {
                         r.corrupt_slots.push(i);
                     }
-                    // A bad slot is zeroed so searches skip it; it is rewritten when the
-                    // ring comes round.
-                    maps.index[off..off + ss].fill(0);
+                    bad.push(i);
                 }
+            }
+        }
+        if !bad.is_empty() {
+            // Kept first, then cleared so searches skip them (they are rewritten when the
+            // ring comes round). Serving a damaged slot would be worse than losing its
+            // evidence, so a quarantine that cannot be written is logged, not fatal.
+            let slot = |i: u64| HEADER_SIZE + i as usize * ss..HEADER_SIZE + (i as usize + 1) * ss;
+            let kept: Vec<(u64, &[u8])> = bad.iter().map(|&i| (i, &maps.index[slot(i)])).collect();
+            if let Err(e) = quarantine::keep(dir, now_ms(), &kept) {
+                log::error!("damaged slots not kept: {e}");
+            }
+            for &i in &bad {
+                maps.index[slot(i)].fill(0);
             }
         }
         maps.live = r.entries;
@@ -599,7 +615,9 @@ impl Index {
         let bytes =
             std::fs::read(&ipath).context(format_args!("cannot read {}", ipath.display()))?;
         let thumbs = std::fs::read(dir.join("thumbs.ml")).unwrap_or_default();
-        verify_bytes(&bytes, &thumbs).context(format_args!("{}", ipath.display()))
+        let mut r = verify_bytes(&bytes, &thumbs).context(format_args!("{}", ipath.display()))?;
+        r.quarantined = quarantine::slots(dir).len() as u64;
+        Ok(r)
     }
 
     pub(crate) fn with_slots<R>(&self, f: impl FnOnce(&[u8], &Header) -> R) -> R {
