@@ -307,3 +307,47 @@ fn serial_line_on_a_pseudo_terminal() {
     assert_eq!(top_label(&v), "elephant.png");
     drop(d);
 }
+
+/// Issue 14, fault 8: `moonlensd query --json` printed a watch's push when one arrived
+/// before the reply. A stand-in server sends a push first, in both forms.
+#[test]
+fn query_prints_its_reply_not_a_push() {
+    use std::os::unix::net::UnixListener;
+    let d = tempdir("pushfirst");
+    let path = d.join("s");
+    let listener = UnixListener::bind(&path).unwrap();
+    let server = std::thread::spawn(move || {
+        for (push, reply) in [
+            (
+                r#"{"event":"match","watch":1,"hit":{"id":3}}"#,
+                r#"{"id":1,"ok":true,"hits":[],"ms":1.0}"#,
+            ),
+            ("+MATCH 1 3 0.5000 t dir x.png", "OK 0 hits 1.0 ms"),
+        ] {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut line = String::new();
+            BufReader::new(s.try_clone().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            writeln!(s, "{push}\n{reply}").unwrap();
+        }
+    });
+    let run = |json: bool| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_moonlensd"));
+        c.args(["query", "a", "rabbit", "--socket"]).arg(&path);
+        if json {
+            c.arg("--json");
+        }
+        let out = c.output().unwrap();
+        (out.status.code(), String::from_utf8(out.stdout).unwrap())
+    };
+    assert_eq!(
+        run(true),
+        (
+            Some(0),
+            "{\"id\":1,\"ok\":true,\"hits\":[],\"ms\":1.0}\n".into()
+        )
+    );
+    assert_eq!(run(false), (Some(0), "OK 0 hits 1.0 ms\n".into()));
+    server.join().unwrap();
+}

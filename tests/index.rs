@@ -484,3 +484,36 @@ fn a_disk_too_small_for_the_ring_fails_at_creation_with_the_sizes() {
     let idx = Index::open(&d).unwrap();
     assert_eq!((idx.len(), idx.head()), (20, 25));
 }
+
+/// Issue 14, fault 8: a valid slot whose seq is u64::MAX made the next id wrap to 0 (a
+/// never-written slot's marker). The append is refused instead, and the rest still serves.
+#[test]
+fn ids_never_wrap() {
+    let (idx, d) = filled("wrap", 64, 3);
+    drop(idx);
+    let seq = u64::MAX;
+    let pos = ((seq - 1) % 64) as usize;
+    let e = moonlens::index::Entry {
+        seq,
+        ts_ms: 1,
+        source: "cam0".into(),
+        label: "last".into(),
+        scale: 1.0 / 127.0,
+        embedding: vec![1; DIM],
+    };
+    let ss = moonlens::index::slot_size(DIM);
+    let mut slot = vec![0u8; ss];
+    moonlens::index::encode_slot(&e, 0, moonlens::index::crc32(&[]), &mut slot);
+    let mut bytes = std::fs::read(d.join("index.ml")).unwrap();
+    bytes[HEADER_SIZE + pos * ss..HEADER_SIZE + (pos + 1) * ss].copy_from_slice(&slot);
+    std::fs::write(d.join("index.ml"), bytes).unwrap();
+    let idx = Index::open(&d).unwrap();
+    assert_eq!((idx.head(), idx.len()), (u64::MAX, 4));
+    let err = idx
+        .append(2, "cam0", "next", &embedding_for(9), &thumb_for(9))
+        .expect_err("no id after u64::MAX")
+        .to_string();
+    assert!(err.contains("every id"), "{err}");
+    assert_eq!(idx.len(), 4);
+    assert_eq!(idx.get(2).unwrap().label, "f2");
+}

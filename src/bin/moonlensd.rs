@@ -74,6 +74,13 @@ fn daemon(a: Args) -> Result<i32> {
     Ok(0)
 }
 
+/// An unsolicited `+MATCH` line, in either form (docs/protocol.md).
+fn is_push(line: &str) -> bool {
+    line.starts_with("+MATCH ")
+        || serde_json::from_str::<serde_json::Value>(line)
+            .is_ok_and(|v| v.get("event").is_some() && v.get("id").is_none())
+}
+
 /// A socket client: one request, its answer on stdout.
 fn query(a: Args) -> Result<i32> {
     a.only(&["json", "k", "socket"])?;
@@ -97,6 +104,10 @@ fn query(a: Args) -> Result<i32> {
     let mut ok = true;
     for l in BufReader::new(s).lines() {
         let l = l.map_err(|e| moonlens::Error::new(format!("reading from {path}: {e}")))?;
+        // a watch may push a match to every client at any moment: not this query's answer
+        if is_push(&l) {
+            continue;
+        }
         println!("{l}");
         if a.flag("json") {
             ok = l.contains("\"ok\":true");

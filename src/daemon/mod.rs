@@ -35,6 +35,41 @@ pub struct Counters {
     pub pushes_lost: AtomicU64,
 }
 
+/// A counting semaphore for the query slots. The slot comes back when the work ends however
+/// it ends: a panicking handler (caught by its client thread) must not leak one, or two such
+/// panics would hang every search.
+struct Slots {
+    free: Mutex<usize>,
+    cv: Condvar,
+}
+
+impl Slots {
+    fn new(n: usize) -> Slots {
+        Slots {
+            free: Mutex::new(n),
+            cv: Condvar::new(),
+        }
+    }
+
+    fn run<T>(&self, f: impl FnOnce() -> T) -> T {
+        struct Held<'a>(&'a Slots);
+        impl Drop for Held<'_> {
+            fn drop(&mut self) {
+                *self.0.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+                self.0.cv.notify_one();
+            }
+        }
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        while *free == 0 {
+            free = self.cv.wait(free).unwrap_or_else(|p| p.into_inner());
+        }
+        *free -= 1;
+        drop(free);
+        let _held = Held(self);
+        f()
+    }
+}
+
 /// A connected client that receives `+MATCH` pushes.
 struct Subscriber {
     id: u64,
@@ -53,7 +88,7 @@ pub struct Shared {
     pub clients: Arc<clients::Clients>,
     subscribers: Mutex<Vec<Subscriber>>,
     next_subscriber: AtomicU64,
-    slots: (Mutex<usize>, Condvar),
+    slots: Slots,
 }
 
 impl Shared {
@@ -74,24 +109,14 @@ impl Shared {
             clients: Arc::default(),
             subscribers: Mutex::new(Vec::new()),
             next_subscriber: AtomicU64::new(1),
-            slots: (Mutex::new(QUERY_SLOTS), Condvar::new()),
+            slots: Slots::new(QUERY_SLOTS),
         }
     }
 
     /// Run `f` while holding one of the [`QUERY_SLOTS`] (text encoding is CPU-bound: more
     /// at once only makes every client slower).
     fn with_slot<T>(&self, f: impl FnOnce() -> T) -> T {
-        let (m, cv) = &self.slots;
-        let mut free = m.lock().expect("slots");
-        while *free == 0 {
-            free = cv.wait(free).expect("slots");
-        }
-        *free -= 1;
-        drop(free);
-        let out = f();
-        *m.lock().expect("slots") += 1;
-        cv.notify_one();
-        out
+        self.slots.run(f)
     }
 
     pub fn subscribe(&self, json: Arc<AtomicBool>, outbox: SyncSender<String>) -> u64 {
@@ -299,4 +324,24 @@ pub fn start(cfg: &config::Config) -> crate::Result<(Arc<Shared>, std::thread::J
         .spawn(move || transport::serve_socket(s, listener))
         .context("spawn socket")?;
     Ok((shared, sock))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Slots;
+
+    /// Issue 14, fault 8: a panic while holding a query slot leaked it; two such panics hung
+    /// every later search.
+    #[test]
+    fn a_panicking_query_gives_its_slot_back() {
+        let slots = Slots::new(2);
+        for _ in 0..3 {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                slots.run(|| panic!("handler bug"))
+            }));
+            assert!(r.is_err());
+        }
+        assert_eq!(slots.run(|| 7), 7);
+        assert_eq!(*slots.free.lock().unwrap(), 2);
+    }
 }

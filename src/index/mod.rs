@@ -546,7 +546,14 @@ impl Index {
         }
         let (q, scale) = quantize(embedding);
         let mut maps = self.maps.write().expect("index lock");
-        let seq = maps.head + 1;
+        // a slot may carry any valid seq (a copied or crafted file): never wrap to 0
+        let Some(seq) = maps.head.checked_add(1) else {
+            crate::bail!(
+                "index {} has used every id up to {}: re-index into a new directory",
+                self.dir.display(),
+                maps.head
+            );
+        };
         let slot = (seq - 1) % self.header.capacity;
         let entry = Entry {
             seq,
