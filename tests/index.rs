@@ -517,3 +517,58 @@ fn ids_never_wrap() {
     assert_eq!(idx.len(), 4);
     assert_eq!(idx.get(2).unwrap().label, "f2");
 }
+
+/// Issue 14, fault 8: an append whose flush failed left its entry visible and handed its id
+/// out again. Now the failed entry is not served and its id stays spent.
+#[test]
+fn a_failed_flush_is_neither_served_nor_reused() {
+    use moonlens::index::FlushFault;
+    let (mut idx, _d) = filled("failflush", 16, 5);
+    idx.set_durable(true);
+    idx.inject_flush_fault(FlushFault::Fail);
+    let e = idx
+        .append(6, "cam0", "f6", &embedding_for(6), &thumb_for(6))
+        .expect_err("the injected failure must reach the caller")
+        .to_string();
+    assert!(e.contains("flushing entry 6"), "{e}");
+    assert!(idx.get(6).is_none());
+    assert!(idx
+        .search(&embedding_for(6), 16, &Filter::default())
+        .iter()
+        .all(|h| h.seq != 6));
+    assert_eq!(idx.len(), 5);
+    let next = idx
+        .append(7, "cam0", "f7", &embedding_for(7), &thumb_for(7))
+        .unwrap();
+    assert_eq!(next, 7, "id 6 is spent");
+    assert_eq!((idx.len(), idx.get(7).unwrap().label.as_str()), (6, "f7"));
+}
+
+/// Issue 14, fault 7: the write lock was held across msync, so every search waited on the
+/// card's latency. A stalled flush (injected, 1.5 s) no longer holds searches up.
+#[test]
+fn searches_do_not_wait_on_a_slow_flush() {
+    use moonlens::index::FlushFault;
+    use std::time::{Duration, Instant};
+    let (mut idx, _d) = filled("slowflush", 64, 10);
+    idx.set_durable(true);
+    let idx = Arc::new(idx);
+    idx.inject_flush_fault(FlushFault::Delay(Duration::from_millis(1500)));
+    let writer = {
+        let idx = idx.clone();
+        std::thread::spawn(move || {
+            idx.append(11, "cam0", "f11", &embedding_for(11), &thumb_for(11))
+                .unwrap()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = Instant::now();
+    let hits = idx.search(&embedding_for(3), 3, &Filter::default());
+    let waited = t0.elapsed();
+    assert_eq!(hits[0].seq, 3);
+    assert!(
+        waited < Duration::from_millis(500),
+        "search waited {waited:?}"
+    );
+    assert_eq!(writer.join().unwrap(), 11);
+}

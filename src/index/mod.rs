@@ -275,6 +275,19 @@ pub struct Index {
     opened_report: Report,
     /// the directory's writer lock, released on drop (or by the kernel on any death)
     _lock: disk::WriterLock,
+    /// what the next flush does instead of just flushing (tests)
+    flush_fault: std::sync::Mutex<FlushFault>,
+}
+
+/// A fault injected into the next append's flush, the way smoltcp's fault-injecting device
+/// drives its tests: media that fail (an SD card's write error) or stall (its latency).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub enum FlushFault {
+    #[default]
+    None,
+    Fail,
+    Delay(std::time::Duration),
 }
 
 fn now_ms() -> i64 {
@@ -448,6 +461,7 @@ impl Index {
             durable: true,
             opened_report: report,
             _lock: lock,
+            flush_fault: Default::default(),
         })
     }
 
@@ -503,6 +517,11 @@ impl Index {
     /// What the last open found.
     pub fn report(&self) -> &Report {
         &self.opened_report
+    }
+
+    #[doc(hidden)]
+    pub fn inject_flush_fault(&self, fault: FlushFault) {
+        *self.flush_fault.lock().expect("fault lock") = fault;
     }
 
     pub fn set_durable(&mut self, durable: bool) {
@@ -570,18 +589,41 @@ impl Index {
         let off = HEADER_SIZE + slot as usize * bytes.len();
         let was_live = maps.index[off..off + 8] != [0u8; 8];
         maps.index[off..off + bytes.len()].copy_from_slice(&bytes);
-        // Commit order (FORMAT.md): thumbnail, then slot; each flushed before acknowledging.
-        if self.durable {
-            maps.thumbs
-                .flush_range(toff, thumb.len().max(1))
-                .context("flushing thumbs.ml")?;
-            maps.index
-                .flush_range(off, bytes.len())
-                .context("flushing index.ml")?;
-        }
+        // The id is spent whatever happens next: a failed flush must not hand it out again.
         maps.head = seq;
         if !was_live {
             maps.live += 1;
+        }
+        drop(maps);
+        if !self.durable {
+            return Ok(seq);
+        }
+        // Commit order (FORMAT.md): thumbnail, then slot; each flushed before acknowledging.
+        // Under the read lock only: searches go on while the media is slow, and the single
+        // writer cannot change these pages before its own flush returns.
+        let fault = std::mem::take(&mut *self.flush_fault.lock().expect("fault lock"));
+        let maps = self.maps.read().expect("index lock");
+        if let FlushFault::Delay(d) = fault {
+            std::thread::sleep(d);
+        }
+        let flushed = if fault == FlushFault::Fail {
+            Err(std::io::Error::other("injected flush failure"))
+        } else {
+            maps.thumbs
+                .flush_range(toff, thumb.len().max(1))
+                .and_then(|_| maps.index.flush_range(off, bytes.len()))
+        };
+        drop(maps);
+        if let Err(e) = flushed {
+            // Not acknowledged, so not served either: the slot is cleared (the entry it
+            // overwrote is gone already).
+            let mut maps = self.maps.write().expect("index lock");
+            maps.index[off..off + bytes.len()].fill(0);
+            maps.live -= 1;
+            return Err(e).context(format_args!(
+                "flushing entry {seq} to {}",
+                self.dir.display()
+            ));
         }
         Ok(seq)
     }
