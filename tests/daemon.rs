@@ -351,3 +351,25 @@ fn query_prints_its_reply_not_a_push() {
     assert_eq!(run(false), (Some(0), "OK 0 hits 1.0 ms\n".into()));
     server.join().unwrap();
 }
+
+/// Issue 14, fault 6: watches vanished on every restart. They are saved beside the index
+/// and come back, with their numbers, after the daemon is killed and started again.
+#[test]
+fn watches_survive_a_restart() {
+    let d = start("watchrestart", &[]);
+    let dir = d.socket.parent().unwrap().to_path_buf();
+    let mut s = connect(&d.socket).unwrap();
+    assert_eq!(ask_human(&mut s, b"watch add a rabbit\n"), ["OK watch 1"]);
+    assert_eq!(
+        ask_human(&mut s, "watch add 月亮\n".as_bytes()),
+        ["OK watch 2"]
+    );
+    assert_eq!(ask_human(&mut s, b"watch del 1\n"), ["OK"]);
+    drop(s);
+    drop(d); // SIGKILL
+    let d = start_in(dir, &[]);
+    let mut s = connect(&d.socket).unwrap();
+    assert_eq!(ask_human(&mut s, b"watch list\n"), ["+WATCH 2 月亮", "OK"]);
+    // numbers are never reused, across restarts too
+    assert_eq!(ask_human(&mut s, b"watch add a duck\n"), ["OK watch 3"]);
+}

@@ -174,6 +174,14 @@ impl Shared {
         }
     }
 
+    /// Watches live in memory; the file beside the index is their copy for the next start.
+    /// A failed write is logged: the watch works until the restart.
+    fn save_watches(&self, watches: &watch::Watches) {
+        if let Err(e) = watches.save(self.index.dir()) {
+            log::warn!("watches not saved, they will not survive a restart: {e}");
+        }
+    }
+
     /// What one request does.
     pub fn handle(&self, req: &Request) -> Response {
         let t0 = Instant::now();
@@ -224,10 +232,16 @@ impl Shared {
             Command::Help => Response::Help,
             Command::WatchAdd { text } => match self.with_slot(|| self.encoder.embed_text(text)) {
                 Err(e) => Response::Error(format!("cannot encode the watch: {e}")),
-                Ok(emb) => match self.watches.lock().expect("watches").add(text.clone(), emb) {
-                    Ok(n) => Response::WatchAdded { n },
-                    Err(e) => Response::Error(e),
-                },
+                Ok(emb) => {
+                    let mut watches = self.watches.lock().expect("watches");
+                    match watches.add(text.clone(), emb) {
+                        Ok(n) => {
+                            self.save_watches(&watches);
+                            Response::WatchAdded { n }
+                        }
+                        Err(e) => Response::Error(e),
+                    }
+                }
             },
             Command::WatchList => Response::Watches(
                 self.watches
@@ -239,7 +253,9 @@ impl Shared {
                     .collect(),
             ),
             Command::WatchDel { n } => {
-                if self.watches.lock().expect("watches").remove(*n) {
+                let mut watches = self.watches.lock().expect("watches");
+                if watches.remove(*n) {
+                    self.save_watches(&watches);
                     Response::Done
                 } else {
                     Response::Error(format!("no watch {n}"))
@@ -309,6 +325,14 @@ pub fn start(cfg: &config::Config) -> crate::Result<(Arc<Shared>, std::thread::J
     };
     let cooldown = std::time::Duration::from_secs(cfg.watch_cooldown_s.unwrap_or(60));
     let shared = Arc::new(Shared::new(encoder, index, source.id(), cooldown));
+    let restored = shared
+        .watches
+        .lock()
+        .expect("watches")
+        .restore(shared.index.dir(), |t| shared.encoder.embed_text(t));
+    if restored > 0 {
+        log::info!("{restored} watch(es) restored from {}", watch::FILE);
+    }
     log::info!("source {spec}; socket {}", cfg.socket().display());
     ingest::start(shared.clone(), source, gates);
     if let Some(dev) = &cfg.serial {

@@ -74,7 +74,11 @@ impl Drop for Daemon {
 }
 
 pub fn start(name: &str, extra: &[&str]) -> Daemon {
-    let dir = tempdir(name);
+    start_in(tempdir(name), extra)
+}
+
+/// [`start`] in an existing directory (index `dir/index`, socket `dir/d.sock`): a restart.
+pub fn start_in(dir: PathBuf, extra: &[&str]) -> Daemon {
     let socket = dir.join("d.sock");
     let child = Command::new(env!("CARGO_BIN_EXE_moonlensd"))
         .current_dir(root())
@@ -103,7 +107,7 @@ pub fn start(name: &str, extra: &[&str]) -> Daemon {
     loop {
         if let Ok(st) = ask_json(&d.socket, &json!({"id": 0, "cmd": "status"})) {
             if st["source_done"] == true {
-                assert_eq!(st["frames"], 22, "{st}");
+                assert_eq!(st["ingested"], 22, "{st}");
                 return d;
             }
         }
