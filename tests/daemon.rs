@@ -373,3 +373,50 @@ fn watches_survive_a_restart() {
     // numbers are never reused, across restarts too
     assert_eq!(ask_human(&mut s, b"watch add a duck\n"), ["OK watch 3"]);
 }
+
+/// Issue 14, fault 6: SIGTERM killed the daemon wherever it was. It now finishes the frames
+/// in flight, removes its socket and exits 0, leaving an index with nothing to recover.
+#[test]
+fn sigterm_stops_cleanly() {
+    use std::process::{Command, Stdio};
+    let dir = tempdir("sigterm");
+    let socket = dir.join("d.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_moonlensd"))
+        .current_dir(root())
+        .args(["--source", "dir:models/samples", "--loop", "--fps", "200"])
+        .args(["--no-console", "--index"])
+        .arg(dir.join("index"))
+        .arg("--socket")
+        .arg(&socket)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    // wait until it is ingesting its looping replay
+    let t0 = Instant::now();
+    while ask_json(&socket, &json!({"id": 0, "cmd": "status"}))
+        .map_or(true, |st| st["ingested"].as_u64().unwrap_or(0) < 30)
+    {
+        assert!(t0.elapsed() < Duration::from_secs(120), "no ingest");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if t0.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("still running 20 s after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert!(!socket.exists(), "socket removed");
+    let r = moonlens::index::Index::verify(&dir.join("index")).unwrap();
+    assert!(
+        r.entries >= 30 && r.corrupt == 0 && r.bad_thumbs == 0,
+        "{r:?}"
+    );
+}

@@ -135,6 +135,8 @@ pub fn start(shared: Arc<Shared>, mut source: Box<dyn FrameSource>, gates: Gates
 fn encode_loop(s: Arc<Shared>, rx: Receiver<Queued>, source_id: &str, embedding_gate: f32) {
     let mut last: Option<Vec<f32>> = None;
     while let Ok(first) = rx.recv() {
+        // one batch at a time under the turn lock: a clean shutdown waits for it
+        let _turn = s.ingest_turn.lock().unwrap_or_else(|p| p.into_inner());
         // take what else is already waiting, up to a batch
         let mut batch = vec![first];
         while batch.len() < crate::encoder::IMAGE_BATCH {

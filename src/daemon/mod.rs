@@ -2,13 +2,14 @@
 //! request does. Everything is bounded: clients ([`MAX_CLIENTS`]), queries encoding at once
 //! ([`QUERY_SLOTS`]), per-client output queue ([`OUTBOX`]), line length, k, watches.
 //!
-//! There is no shutdown protocol: the daemon is crash-only. SIGTERM or SIGKILL at any moment
-//! leaves an index that the next start recovers (`src/index/FORMAT.md`), and a stale socket
-//! file is replaced on start.
+//! SIGTERM and SIGINT stop it cleanly ([`signals`]: the batch in flight is stored, the
+//! socket removed, exit 0); SIGKILL or power loss at any moment leaves an index that the
+//! next start recovers (`src/index/FORMAT.md`), and a stale socket file is replaced on start.
 
 pub mod clients;
 pub mod config;
 pub mod ingest;
+pub mod signals;
 pub mod transport;
 pub mod watch;
 
@@ -84,6 +85,9 @@ pub struct Shared {
     pub counters: Counters,
     pub source_done: AtomicBool,
     pub watches: Mutex<watch::Watches>,
+    /// Held by the ingest thread while it encodes and stores one batch; a clean shutdown
+    /// takes it to wait for the batch in flight ([`signals`]).
+    pub ingest_turn: Mutex<()>,
     pub started: Instant,
     pub clients: Arc<clients::Clients>,
     subscribers: Mutex<Vec<Subscriber>>,
@@ -105,6 +109,7 @@ impl Shared {
             counters: Counters::default(),
             source_done: AtomicBool::new(false),
             watches: Mutex::new(watch::Watches::new(watch_cooldown)),
+            ingest_turn: Mutex::new(()),
             started: Instant::now(),
             clients: Arc::default(),
             subscribers: Mutex::new(Vec::new()),
@@ -283,6 +288,8 @@ impl Shared {
 /// alive, e.g. by serving the console or joining the socket thread).
 pub fn start(cfg: &config::Config) -> crate::Result<(Arc<Shared>, std::thread::JoinHandle<()>)> {
     use crate::error::Context;
+    // before any thread starts, so that only the signal thread ever takes them
+    signals::block();
     // The socket first: a second daemon started by mistake stops here, before it touches the
     // index (which its writer lock also refuses).
     let listener = transport::bind(&cfg.socket())?;
@@ -334,6 +341,7 @@ pub fn start(cfg: &config::Config) -> crate::Result<(Arc<Shared>, std::thread::J
         log::info!("{restored} watch(es) restored from {}", watch::FILE);
     }
     log::info!("source {spec}; socket {}", cfg.socket().display());
+    signals::stop_on_signal(shared.clone(), cfg.socket());
     ingest::start(shared.clone(), source, gates);
     if let Some(dev) = &cfg.serial {
         let (s, d, b) = (shared.clone(), dev.clone(), cfg.baud.unwrap_or(115_200));

@@ -1,0 +1,50 @@
+//! SIGTERM and SIGINT stop the daemon cleanly: the batch of frames being encoded and stored
+//! is finished, the socket file is removed, the process exits 0. (SIGKILL and power loss
+//! stay covered by the index's crash-only recovery, FORMAT.md.)
+//!
+//! The signals are blocked in every thread ([`block`], before any thread starts) and taken
+//! by one thread with `sigwait`, so no handler runs at an arbitrary point of other code.
+
+use super::Shared;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+fn set() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset only write the set we own.
+    unsafe {
+        let mut s: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut s);
+        libc::sigaddset(&mut s, libc::SIGTERM);
+        libc::sigaddset(&mut s, libc::SIGINT);
+        s
+    }
+}
+
+/// Blocks SIGTERM and SIGINT in the calling thread and every thread it starts afterwards.
+pub fn block() {
+    let s = set();
+    // SAFETY: changes this thread's signal mask only.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &s, std::ptr::null_mut()) };
+}
+
+/// Starts the thread that waits for SIGTERM or SIGINT and then stops the daemon.
+pub fn stop_on_signal(shared: Arc<Shared>, socket: PathBuf) {
+    let spawned = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let s = set();
+            let mut sig: libc::c_int = 0;
+            // SAFETY: waits on a valid set; writes the signal number into `sig`.
+            while unsafe { libc::sigwait(&s, &mut sig) } != 0 {}
+            log::info!("signal {sig}: finishing the frames in flight, then exiting");
+            // the ingest thread holds this for one batch: taking it waits for that batch
+            // and keeps the next one from starting
+            let _turn = shared.ingest_turn.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = std::fs::remove_file(&socket);
+            log::info!("stopped cleanly");
+            std::process::exit(0);
+        });
+    if let Err(e) = spawned {
+        log::warn!("no clean shutdown on SIGTERM (cannot start its thread: {e})");
+    }
+}
