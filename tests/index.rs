@@ -572,3 +572,35 @@ fn searches_do_not_wait_on_a_slow_flush() {
     );
     assert_eq!(writer.join().unwrap(), 11);
 }
+
+/// Issue 14, fault 8: `verify` read both files whole (1.7 GB at the board's ring). It now
+/// streams them, and reports exactly what the in-memory checks report: on a healthy index,
+/// with flipped slots and thumbnails, and truncated mid-slot.
+#[test]
+fn streaming_verify_reports_what_the_in_memory_checks_report() {
+    let (idx, d) = filled("streamverify", 64, 80);
+    drop(idx);
+    let ss = moonlens::index::slot_size(DIM);
+    let both = |d: &std::path::Path| {
+        let streamed = Index::verify(d).unwrap();
+        let whole = moonlens::index::verify_bytes(
+            &std::fs::read(d.join("index.ml")).unwrap(),
+            &std::fs::read(d.join("thumbs.ml")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(streamed, whole);
+        streamed
+    };
+    assert_eq!(both(&d).entries, 64);
+    flip(&d.join("index.ml"), HEADER_SIZE + 9 * ss + 30);
+    flip(&d.join("thumbs.ml"), 20 * moonlens::index::THUMB_SLOT + 3);
+    let r = both(&d);
+    assert_eq!((r.entries, r.corrupt, r.bad_thumbs), (63, 1, 1));
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(d.join("index.ml"))
+        .unwrap();
+    f.set_len((HEADER_SIZE + 50 * ss + ss / 2) as u64).unwrap();
+    let r = both(&d);
+    assert_eq!((r.entries, r.corrupt), (49, 15), "{r:?}");
+}

@@ -658,13 +658,38 @@ impl Index {
         }
     }
 
-    /// Re-check every slot on the media (for `verify`) without changing anything.
+    /// Re-check every slot on the media (for `verify`) without changing anything. Streams
+    /// the slots through a 1 MiB buffer and reads only the thumbnails of valid entries, so
+    /// its memory does not grow with the ring (the board's 100k ring is ~1.7 GB of files).
     pub fn verify(dir: &Path) -> Result<Report> {
+        use std::os::unix::fs::FileExt;
         let ipath = dir.join("index.ml");
-        let bytes =
-            std::fs::read(&ipath).context(format_args!("cannot read {}", ipath.display()))?;
-        let thumbs = std::fs::read(dir.join("thumbs.ml")).unwrap_or_default();
-        let mut r = verify_bytes(&bytes, &thumbs).context(format_args!("{}", ipath.display()))?;
+        let f = File::open(&ipath).context(format_args!("cannot read {}", ipath.display()))?;
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, f);
+        let mut head = vec![0u8; HEADER_SIZE];
+        let got = read_full(&mut reader, &mut head)
+            .context(format_args!("reading {}", ipath.display()))?;
+        let h = Header::decode(&head[..got]).context(format_args!("{}", ipath.display()))?;
+        let thumbs = File::open(dir.join("thumbs.ml")).ok();
+        let thumb = |off: u64, len: usize| -> Option<Vec<u8>> {
+            let mut b = vec![0u8; len];
+            thumbs.as_ref()?.read_exact_at(&mut b, off).ok()?;
+            Some(b)
+        };
+        let mut r = Report {
+            capacity: h.capacity,
+            ..Default::default()
+        };
+        let mut slot = vec![0u8; h.slot_size as usize];
+        for i in 0..h.capacity {
+            let n = read_full(&mut reader, &mut slot)
+                .context(format_args!("reading {}", ipath.display()))?;
+            if n < slot.len() {
+                r.truncated_from(i);
+                break;
+            }
+            r.tally(i, &slot, &h, &thumb);
+        }
         r.quarantined = quarantine::slots(dir).len() as u64;
         Ok(r)
     }
@@ -698,36 +723,68 @@ pub fn verify_bytes(bytes: &[u8], thumbs: &[u8]) -> Result<Report> {
         capacity: h.capacity,
         ..Default::default()
     };
+    let thumb = |off: u64, len: usize| -> Option<Vec<u8>> {
+        let off = usize::try_from(off).ok()?;
+        thumbs.get(off..off.checked_add(len)?).map(<[u8]>::to_vec)
+    };
     for i in 0..h.capacity {
         let off = HEADER_SIZE + i as usize * ss;
         if off + ss > bytes.len() {
-            // truncated file: this slot and all after it are gone
-            r.corrupt += h.capacity - i;
-            r.corrupt_slots
-                .extend((i..h.capacity).take(100 - r.corrupt_slots.len().min(100)));
+            r.truncated_from(i);
             break;
         }
-        let bad = match check_slot(&bytes[off..off + ss], i, &h) {
-            None => false,
-            Some(Err(())) => true,
-            Some(Ok((_, thumb_len, thumb_crc))) => {
-                let toff = i as usize * h.thumb_slot as usize;
-                let thumb_ok = thumbs
-                    .get(toff..toff.saturating_add(thumb_len as usize))
-                    .is_some_and(|t| crc32(t) == thumb_crc);
-                r.entries += 1;
-                r.bad_thumbs += u64::from(!thumb_ok);
-                false
+        r.tally(i, &bytes[off..off + ss], &h, &thumb);
+    }
+    Ok(r)
+}
+
+/// Reads until `buf` is full or the reader ends; returns how many bytes it read.
+fn read_full(r: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+impl Report {
+    /// The checks of one slot, `thumb(offset, len)` reading its thumbnail bytes.
+    fn tally(
+        &mut self,
+        i: u64,
+        slot: &[u8],
+        h: &Header,
+        thumb: &impl Fn(u64, usize) -> Option<Vec<u8>>,
+    ) {
+        match check_slot(slot, i, h) {
+            None => {}
+            Some(Err(())) => {
+                self.corrupt += 1;
+                if self.corrupt_slots.len() < 100 {
+                    self.corrupt_slots.push(i);
+                }
             }
-        };
-        if bad {
-            r.corrupt += 1;
-            if r.corrupt_slots.len() < 100 {
-                r.corrupt_slots.push(i);
+            Some(Ok((_, thumb_len, thumb_crc))) => {
+                let ok = thumb_len <= h.thumb_slot
+                    && thumb(i * h.thumb_slot as u64, thumb_len as usize)
+                        .is_some_and(|t| crc32(&t) == thumb_crc);
+                self.entries += 1;
+                self.bad_thumbs += u64::from(!ok);
             }
         }
     }
-    Ok(r)
+
+    /// A truncated file: slot `i` and all after it are gone.
+    fn truncated_from(&mut self, i: u64) {
+        self.corrupt += self.capacity - i;
+        let room = 100 - self.corrupt_slots.len().min(100);
+        self.corrupt_slots.extend((i..self.capacity).take(room));
+    }
 }
 
 impl From<Error> for std::io::Error {
