@@ -20,7 +20,8 @@ const USAGE: &str = "usage:
   moonlens-host sheet --bundle DIR --pairs FILE.jsonl --query TEXT --out FILE.png [--k 12]
   moonlens-host bench encode --bundle DIR [--runs N] [--json]
   moonlens-host bench profile --bundle DIR [--runs N]
-  moonlens-host bench search [--entries N] [--queries N] [--json]";
+  moonlens-host bench search [--entries N] [--queries N] [--json]
+  moonlens-host fuzz protocol|index [--seconds 60] [--seed 1] [--crashes DIR]";
 
 /// The options `train` and `distill` share.
 const TRAINING_OPTIONS: &[&str] = &[
@@ -195,6 +196,24 @@ fn run() -> Result<()> {
             args.only(&["bundle", "runs"])?;
             let enc = Encoder::load(&Bundle::open(args.require("bundle")?)?)?;
             moonlens::host::bench::profile(&enc, args.number("runs", 10)?)
+        }
+        ("fuzz", Some(target)) => {
+            args.only(&["seconds", "seed", "crashes"])?;
+            let r = moonlens::host::fuzz::run(
+                target,
+                args.number("seconds", 60.0)?,
+                args.number("seed", 1)?,
+                Path::new(args.get("crashes").unwrap_or("target/fuzz-crashes")),
+            )?;
+            println!("{}", serde_json::to_string(&r).expect("plain struct"));
+            if r.crashes > 0 {
+                return Err(moonlens::Error::new(format!(
+                    "{} crash(es); inputs in {}",
+                    r.crashes,
+                    args.get("crashes").unwrap_or("target/fuzz-crashes")
+                )));
+            }
+            Ok(())
         }
         ("bench", Some("search")) => {
             args.only(&["entries", "queries", "json"])?;

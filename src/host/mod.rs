@@ -5,6 +5,7 @@ pub mod crash;
 pub mod eval;
 pub mod export;
 pub mod features;
+pub mod fuzz;
 pub mod pairs;
 pub mod plot;
 pub mod progress;
