@@ -197,10 +197,6 @@ impl Shared {
                 since_s,
                 source,
             } => {
-                let q = match self.with_slot(|| self.encoder.embed_text(text)) {
-                    Ok(q) => q,
-                    Err(e) => return Response::Error(format!("cannot encode the query: {e}")),
-                };
                 let filter = Filter {
                     // a window longer than the clock's past (since=18446744073709551615) is
                     // "everything", not a cutoff in the future
@@ -211,7 +207,15 @@ impl Shared {
                     until_ms: None,
                     source: source.clone(),
                 };
-                let hits = self.hits(self.index.search(&q, *k, &filter));
+                // encoding and the scan in one query slot: scans are bounded like encodes
+                let found = self.with_slot(|| {
+                    let q = self.encoder.embed_text(text)?;
+                    Ok::<_, crate::Error>(self.index.search(&q, *k, &filter))
+                });
+                let hits = match found {
+                    Ok(h) => self.hits(h),
+                    Err(e) => return Response::Error(format!("cannot encode the query: {e}")),
+                };
                 Response::Hits {
                     hits,
                     ms: t0.elapsed().as_secs_f64() * 1e3,
@@ -221,7 +225,8 @@ impl Shared {
                 None => Response::Error(format!("no frame {id} (it may have left the ring)")),
                 Some(e) => {
                     let q = e.dequantized();
-                    let hits = self.hits(self.index.search(&q, *k, &Filter::default()));
+                    let scan = || self.index.search(&q, *k, &Filter::default());
+                    let hits = self.hits(self.with_slot(scan));
                     Response::Hits {
                         hits,
                         ms: t0.elapsed().as_secs_f64() * 1e3,
