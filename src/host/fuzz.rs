@@ -30,6 +30,21 @@ pub struct Report {
     pub errors: u64,
 }
 
+impl Report {
+    /// Counts one execution's outcome: `Ok(true)` an error answer, `Err` a panic (a crash,
+    /// whose input is saved).
+    fn count(&mut self, out: std::thread::Result<bool>, crash_dir: &Path, input: &[u8]) {
+        self.executions += 1;
+        match out {
+            Ok(err) => self.errors += err as u64,
+            Err(_) => {
+                self.crashes += 1;
+                save_crash(crash_dir, &self.target, self.crashes, input);
+            }
+        }
+    }
+}
+
 struct Rng(u64);
 
 impl Rng {
@@ -168,14 +183,7 @@ fn protocol(seconds: f64, seed: u64, crash_dir: &Path) -> Result<Report> {
             );
             reply.starts_with("ERROR") || reply.contains("\"ok\":false")
         }));
-        rep.executions += 1;
-        match out {
-            Ok(err) => rep.errors += err as u64,
-            Err(_) => {
-                rep.crashes += 1;
-                save_crash(crash_dir, "protocol", rep.crashes, &line);
-            }
-        }
+        rep.count(out, crash_dir, &line);
     }
     rep.seconds = t0.elapsed().as_secs_f64();
     let _ = std::fs::remove_dir_all(&dir);
@@ -230,14 +238,7 @@ fn index(seconds: f64, seed: u64, crash_dir: &Path) -> Result<Report> {
             }
             next.is_err()
         }));
-        rep.executions += 1;
-        match out {
-            Ok(err) => rep.errors += err as u64,
-            Err(_) => {
-                rep.crashes += 1;
-                save_crash(crash_dir, "index", rep.crashes, &ib);
-            }
-        }
+        rep.count(out, crash_dir, &ib);
     }
     rep.seconds = t0.elapsed().as_secs_f64();
     let _ = std::fs::remove_dir_all(&work);
