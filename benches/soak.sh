@@ -26,14 +26,21 @@ def sample():
             rss = int(line.split()[1]) / 1024
     return rss, len(os.listdir(f"/proc/{pid}/fd")), len(os.listdir(f"/proc/{pid}/task"))
 def ask(req, timeout=30):
+    """The reply to `req`; a watch's push may come first on any connection (+MATCH, or an
+    {"event": ...} line): skipped, as docs/protocol.md says clients must."""
     s = socket.socket(socket.AF_UNIX); s.settimeout(timeout); s.connect(path)
     s.sendall((json.dumps(req) + "\n").encode()); buf = b""
-    while not buf.endswith(b"\n"):
-        c = s.recv(1 << 20)
-        if not c: break
-        buf += c
-    s.close()
-    return json.loads(buf.splitlines()[-1])
+    while True:
+        while b"\n" not in buf:
+            c = s.recv(1 << 20)
+            if not c: raise OSError("connection closed before the reply")
+            buf += c
+        line, buf = buf.split(b"\n", 1)
+        if line.startswith(b"+MATCH"): continue
+        reply = json.loads(line)
+        if "event" in reply and "id" not in reply: continue
+        s.close()
+        return reply
 t0 = time.time()
 while True:
     try:
