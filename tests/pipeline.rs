@@ -74,12 +74,7 @@ fn a_failing_source_recovers_and_queries_keep_working() {
     );
     let (reply, _) = s.answer(br#"{"id":1,"cmd":"search","text":"an animal","k":100}"#);
     let v: serde_json::Value = serde_json::from_str(&reply).unwrap();
-    let labels: Vec<&str> = v["hits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["label"].as_str().unwrap())
-        .collect();
+    let labels = hit_labels(&v);
     assert_eq!(labels.len(), 15);
     for lost in [
         "beaver.png",

@@ -139,12 +139,7 @@ fn train_export_load_search() {
         &serde_json::json!({"id": 2, "cmd": "search", "text": "a rabbit", "k": 3}),
     )
     .unwrap();
-    let labels: Vec<&str> = answer["hits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["label"].as_str().unwrap())
-        .collect();
+    let labels = hit_labels(&answer);
     assert!(labels.contains(&"rabbit.png"), "{answer}");
 }
 

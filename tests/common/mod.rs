@@ -132,3 +132,13 @@ pub fn ask_json(path: &Path, req: &Value) -> std::io::Result<Value> {
     BufReader::new(s).read_line(&mut line)?;
     serde_json::from_str(&line).map_err(std::io::Error::other)
 }
+
+/// The labels of a JSON search reply's hits, best first.
+pub fn hit_labels(reply: &Value) -> Vec<&str> {
+    reply["hits"]
+        .as_array()
+        .expect("a search reply has hits")
+        .iter()
+        .map(|h| h["label"].as_str().expect("every hit has a label"))
+        .collect()
+}
