@@ -420,3 +420,37 @@ fn sigterm_stops_cleanly() {
         "{r:?}"
     );
 }
+
+/// Issue 14, fault 5, the other half: a live socket of another user's daemon answers
+/// `connect` with "permission denied", which says nothing about whether it is stale. A
+/// daemon started as another user must leave it alone. Needs root to play both users.
+#[test]
+fn another_users_socket_is_left_alone() {
+    use moonlens::daemon::transport::bind;
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: playing two users needs root (this run is not)");
+        return;
+    }
+    let d = tempdir("otheruser");
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = d.join("d.sock");
+    let live = bind(&path).unwrap(); // root's daemon, socket 0660
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_moonlensd"))
+        .current_dir(root())
+        .args(["--source", "dir:models/samples", "--no-console", "--socket"])
+        .arg(&path)
+        .arg("--index")
+        .arg(d.join("index"))
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("cannot tell whether a daemon owns"), "{err}");
+    // root's socket is still there and still answers
+    std::os::unix::net::UnixStream::connect(&path).unwrap();
+    drop(live);
+}

@@ -145,3 +145,58 @@ fn gates_skip_a_still_scene() {
     let st = s.status();
     assert_eq!((st.ingested, st.gated), (2, 5), "{st:?}");
 }
+
+/// Issue 14, fault 7: every scan, `similar` included, waits for one of the query slots, so
+/// a burst of scans cannot take more cores than [`QUERY_SLOTS`]; status does not wait.
+#[test]
+fn scans_wait_for_a_query_slot() {
+    use moonlens::daemon::QUERY_SLOTS;
+    use std::sync::{mpsc, Barrier};
+    let s = shared("slots");
+    ingest::start(s.clone(), Box::new(samples(false, 0)), ingest::Gates::OFF);
+    wait_done(&s);
+    assert!(!s.index.is_empty());
+    let first = s.index.head() - 1;
+    // hold every slot until told to let go
+    let held = Arc::new(Barrier::new(QUERY_SLOTS + 1));
+    let (release, released) = mpsc::channel::<()>();
+    let released = Arc::new(std::sync::Mutex::new(released));
+    let holders: Vec<_> = (0..QUERY_SLOTS)
+        .map(|_| {
+            let (s, held, released) = (s.clone(), held.clone(), released.clone());
+            std::thread::spawn(move || {
+                s.with_query_slot(|| {
+                    held.wait();
+                    released.lock().unwrap().recv().unwrap();
+                })
+            })
+        })
+        .collect();
+    held.wait();
+    let (tx, answers) = mpsc::channel();
+    for line in [
+        format!("similar {first} k=3"),
+        "search a duck k=1".to_string(),
+    ] {
+        let (s, tx) = (s.clone(), tx.clone());
+        std::thread::spawn(move || tx.send(s.answer(line.as_bytes()).0).unwrap());
+    }
+    assert!(
+        answers.recv_timeout(Duration::from_millis(500)).is_err(),
+        "a scan ran while every query slot was held"
+    );
+    assert!(s.answer(b"status").0.contains("+STATUS"));
+    for _ in 0..QUERY_SLOTS {
+        release.send(()).unwrap();
+    }
+    for _ in 0..2 {
+        let reply = answers.recv_timeout(Duration::from_secs(30)).unwrap();
+        assert!(
+            reply.starts_with("+HIT ") && reply.contains(" hits "),
+            "{reply}"
+        );
+    }
+    for h in holders {
+        h.join().unwrap();
+    }
+}

@@ -119,8 +119,8 @@ impl Shared {
     }
 
     /// Run `f` while holding one of the [`QUERY_SLOTS`] (text encoding is CPU-bound: more
-    /// at once only makes every client slower).
-    fn with_slot<T>(&self, f: impl FnOnce() -> T) -> T {
+    /// at once only makes every client slower). Every encode and every scan runs in one.
+    pub fn with_query_slot<T>(&self, f: impl FnOnce() -> T) -> T {
         self.slots.run(f)
     }
 
@@ -208,7 +208,7 @@ impl Shared {
                     source: source.clone(),
                 };
                 // encoding and the scan in one query slot: scans are bounded like encodes
-                let found = self.with_slot(|| {
+                let found = self.with_query_slot(|| {
                     let q = self.encoder.embed_text(text)?;
                     Ok::<_, crate::Error>(self.index.search(&q, *k, &filter))
                 });
@@ -226,7 +226,7 @@ impl Shared {
                 Some(e) => {
                     let q = e.dequantized();
                     let scan = || self.index.search(&q, *k, &Filter::default());
-                    let hits = self.hits(self.with_slot(scan));
+                    let hits = self.hits(self.with_query_slot(scan));
                     Response::Hits {
                         hits,
                         ms: t0.elapsed().as_secs_f64() * 1e3,
@@ -240,19 +240,21 @@ impl Shared {
             },
             Command::Status => Response::Status(self.status()),
             Command::Help => Response::Help,
-            Command::WatchAdd { text } => match self.with_slot(|| self.encoder.embed_text(text)) {
-                Err(e) => Response::Error(format!("cannot encode the watch: {e}")),
-                Ok(emb) => {
-                    let mut watches = self.watches.lock().expect("watches");
-                    match watches.add(text.clone(), emb) {
-                        Ok(n) => {
-                            self.save_watches(&watches);
-                            Response::WatchAdded { n }
+            Command::WatchAdd { text } => {
+                match self.with_query_slot(|| self.encoder.embed_text(text)) {
+                    Err(e) => Response::Error(format!("cannot encode the watch: {e}")),
+                    Ok(emb) => {
+                        let mut watches = self.watches.lock().expect("watches");
+                        match watches.add(text.clone(), emb) {
+                            Ok(n) => {
+                                self.save_watches(&watches);
+                                Response::WatchAdded { n }
+                            }
+                            Err(e) => Response::Error(e),
                         }
-                        Err(e) => Response::Error(e),
                     }
                 }
-            },
+            }
             Command::WatchList => Response::Watches(
                 self.watches
                     .lock()
