@@ -5,6 +5,8 @@ same ONNX files, measured in the same run, printed as ratios.
 Usage (from the repository root, with the venv models/convert/build.sh makes):
     .venv/bin/python benches/encode_vs_onnxruntime.py [--int8 models/default]
         [--f32 models/build/heads-raw-en-zh-mix-f32] [--runs 20]
+Any bundle pair works, e.g. a converted CLIP model (models/convert/from-openclip.sh):
+    --int8 models/build/clip/MobileCLIP2-S0-int8 --f32 models/build/clip/MobileCLIP2-S0-f32
 
 The f32 twin of the default is written by models/convert/train-default.sh. Inputs are the
 ones `bench encode` uses: a 640x480 synthetic frame through the bundle's preprocessing and the
@@ -18,6 +20,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+import tomllib
 
 import numpy as np
 import onnxruntime as ort
@@ -36,7 +40,7 @@ def tract(host, bundle, runs):
     j = json.loads(out.strip().splitlines()[-1])
     return {"image": j["image"]["median_ms"], "text": j["text"]["median_ms"],
             "image_all": j["all_cores"]["image"]["median_ms"], "text_all": j["all_cores"]["text"]["median_ms"],
-            "load": j["image"]["load_ms"]}
+            "load": j["image"]["load_ms"], "rss_mb": j.get("memory", {}).get("rss_mb")}
 
 
 def median_ms(f, runs):
@@ -51,12 +55,21 @@ def median_ms(f, runs):
 
 
 def onnxruntime(bundle, runs):
+    """The bundle's towers as bundle.toml describes them (preprocessing, prefix, padding)."""
+    m = tomllib.load(open(os.path.join(bundle, "bundle.toml"), "rb"))
+    im, tx = m["image"], m["text"]
     x, y = np.meshgrid(np.arange(640), np.arange(480))
     frame = np.stack([x % 256, y % 256, (x * y) % 256], -1).astype(np.float32)
-    pixels = imgprep.preprocess(frame)
-    tok = Tokenizer.from_file(os.path.join(bundle, "tokenizer.json"))
-    ids = np.array([tok.encode(QUERY).ids], np.int64)
-    feeds_t = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    pixels = imgprep.preprocess(frame, im["resize"], im["crop"], im["mean"], im["std"],
+                                im.get("resample", "triangle"))
+    tok = Tokenizer.from_file(os.path.join(bundle, tx["tokenizer"]))
+    ids = tok.encode(tx.get("prefix", "") + QUERY).ids
+    n = len(ids)
+    ids += [tx.get("pad_id", 0)] * (tx.get("pad_to", n) - n)
+    ids = np.array([ids], np.int64)
+    feeds_t = {tx["input_ids"]: ids}
+    if "attention_mask" in tx:
+        feeds_t[tx["attention_mask"]] = (np.arange(ids.shape[1]) < n).astype(np.int64)[None]
     res = {}
     for threads, suffix in ((1, ""), (os.cpu_count() or 1, "_all")):
         o = ort.SessionOptions()
@@ -67,8 +80,8 @@ def onnxruntime(bundle, runs):
         st = ort.InferenceSession(os.path.join(bundle, "text.onnx"), o, providers=["CPUExecutionProvider"])
         if threads == 1:
             res["load"] = (time.perf_counter() - t0) * 1e3
-        res["image" + suffix] = median_ms(lambda: si.run(["embedding"], {"image": pixels}), runs)
-        res["text" + suffix] = median_ms(lambda: st.run(["embedding"], feeds_t), runs)
+        res["image" + suffix] = median_ms(lambda: si.run([im["output"]], {im["input"]: pixels}), runs)
+        res["text" + suffix] = median_ms(lambda: st.run([tx["output"]], feeds_t), runs)
     return res
 
 
@@ -86,9 +99,9 @@ def main():
         sys.exit(f"{a.host}: build it first: cargo build --release --bin moonlens-host")
     fig = {"tract_int8": tract(a.host, a.int8, a.runs), "tract_f32": tract(a.host, a.f32, a.runs),
            "ort_int8": onnxruntime(a.int8, a.runs), "ort_f32": onnxruntime(a.f32, a.runs)}
-    print(f"{'ms (median)':24} {'image 1t':>9} {'text 1t':>8} {'image all':>10} {'text all':>9} {'load':>7}")
+    print(f"{'ms (median)':24} {'image 1t':>9} {'text 1t':>8} {'image all':>10} {'text all':>9} {'load':>7} {'RSS MB':>7}")
     for k, v in fig.items():
-        print(f"{k:24} {v['image']:9.2f} {v['text']:8.2f} {v['image_all']:10.2f} {v['text_all']:9.2f} {v['load']:7.0f}")
+        print(f"{k:24} {v['image']:9.2f} {v['text']:8.2f} {v['image_all']:10.2f} {v['text_all']:9.2f} {v['load']:7.0f} {v.get('rss_mb') or float('nan'):7.0f}")
     ratios = {}
     for tower in ("image", "text", "image_all", "text_all"):
         ratios[tower] = {

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The aarch64 daemon under qemu must answer like the x86 daemon: both replay the sample
-# frames through the default int8 bundle, then the same queries go to both sockets; hits
-# must be the same frames in the same order, scores within 1e-3.
+# frames through one bundle (default: the embedded int8 default; CI also runs the converted
+# CLIP fixture, tests/fixtures/clip-tiny), then the same queries go to both sockets; hits
+# must be the same frames in the same order (frames tied within 1e-3 may swap), scores
+# within 1e-3.
+# Usage: board/smoke-qemu.sh [BUNDLE_DIR]
 # Needs: target/release/moonlensd (x86) and the aarch64 build from board/build-aarch64.sh.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -12,7 +15,9 @@ work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
-common=(--bundle models/default --source dir:models/samples --no-console --capacity 256)
+bundle=${1:-models/default}
+echo "bundle: $bundle"
+common=(--bundle "$bundle" --source dir:models/samples --no-console --capacity 256)
 RUST_LOG=warn "$x86" "${common[@]}" --index "$work/x86" --socket "$work/x86.sock" & pids+=($!)
 # LD_LIBRARY_PATH: with libc6:arm64 also installed (multiarch), the loader from the -L tree
 # would pick /lib/aarch64-linux-gnu/libc.so.6 through the host's ld.so.cache: a different
@@ -62,7 +67,11 @@ for q in queries:
     lb = [(h["label"], h["score"]) for h in b["hits"]]
     worst = max(abs(x[1] - y[1]) for x, y in zip(la, lb))
     print(f"{q!r}: {[l for l, _ in la[:3]]} max score diff {worst:.2e}")
-    assert [l for l, _ in la] == [l for l, _ in lb], (q, la, lb)
+    assert len(la) == len(lb), (q, la, lb)
+    for i, ((l1, s1), (l2, s2)) in enumerate(zip(la, lb)):
+        # a different frame at rank i only where x86 itself has a tie there
+        tied = any(abs(s1 - la[j][1]) <= 1e-3 for j in (i - 1, i + 1) if 0 <= j < len(la))
+        assert l1 == l2 or tied, (q, i, la, lb)
     assert worst <= 1e-3, (q, worst)
 print("qemu smoke: aarch64 daemon answers like x86 on", len(queries), "queries")
 PY

@@ -60,11 +60,28 @@ pub struct ImageTower {
     pub channel_order: ChannelOrder,
     /// Short side after resizing.
     pub resize: u32,
+    /// The resize filter: `triangle` (default) or `bicubic` (CLIP models were trained so).
+    #[serde(default, skip_serializing_if = "Resample::is_triangle")]
+    pub resample: Resample,
     /// Side of the centre crop.
     pub crop: u32,
     pub mean: [f32; 3],
     pub std: [f32; 3],
     pub background: [u8; 3],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Resample {
+    #[default]
+    Triangle,
+    Bicubic,
+}
+
+impl Resample {
+    fn is_triangle(&self) -> bool {
+        *self == Resample::Triangle
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -80,9 +97,19 @@ pub struct TextTower {
     pub file: String,
     pub tokenizer: String,
     pub input_ids: String,
-    pub attention_mask: String,
+    /// Absent for towers without a mask input (CLIP's: they read a fixed-length row and pool
+    /// at the end-of-text token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention_mask: Option<String>,
     pub output: String,
     pub max_tokens: usize,
+    /// The tower takes exactly this many tokens, padded with `pad_id` (CLIP: 77 and 0;
+    /// padding changes a CLIP text embedding, trimming does too). Absent: any length up to
+    /// `max_tokens`, no padding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pad_to: Option<usize>,
+    #[serde(default)]
+    pub pad_id: u32,
     #[serde(default)]
     pub lowercase: bool,
     /// Prepended to every query (E5-style models want `"query: "`).
@@ -198,6 +225,14 @@ impl Manifest {
                     "{section}.max_tokens = {} is out of range 2..=4096",
                     t.max_tokens
                 );
+            }
+            if let Some(n) = t.pad_to {
+                if n < t.max_tokens {
+                    crate::bail!(
+                        "{section}.pad_to = {n} is shorter than max_tokens = {}",
+                        t.max_tokens
+                    );
+                }
             }
             files.extend([&t.file, &t.tokenizer]);
         }

@@ -9,23 +9,7 @@ use moonlens::encoder::Encoder;
 use moonlens::host::features;
 use moonlens::host::train::{self, command, store, Config};
 use std::io::Write;
-use std::path::{Path, PathBuf};
-
-/// The first `n` pairs of `data/pairs/<split>.jsonl`, image paths made absolute.
-fn slice(split: &str, n: usize, dir: &Path) -> PathBuf {
-    let src = data_dir().join("pairs").join(format!("{split}.jsonl"));
-    let base = src.parent().unwrap().to_path_buf();
-    let body = std::fs::read_to_string(&src).unwrap();
-    let out = dir.join(format!("{split}.jsonl"));
-    let mut f = std::fs::File::create(&out).unwrap();
-    for line in body.lines().take(n) {
-        let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
-        let img = base.join(v["image"].as_str().unwrap());
-        v["image"] = serde_json::Value::String(img.to_string_lossy().into_owned());
-        writeln!(f, "{v}").unwrap();
-    }
-    out
-}
+use std::path::Path;
 
 fn small_config() -> Config {
     Config {
@@ -39,7 +23,7 @@ fn small_config() -> Config {
 #[test]
 fn train_export_load_search() {
     let d = tempdir("train-e2e");
-    let (tr, va) = (slice("train", 80, &d), slice("val", 24, &d));
+    let (tr, va) = (pairs_slice("train", 80, &d), pairs_slice("val", 24, &d));
     let bundle = default_bundle();
     let cfg = small_config();
     let heads_dir = d.join("heads");
@@ -166,7 +150,7 @@ fn train_err(tr: &Path, va: &Path, cfg: &Config, out: &Path) -> String {
 #[test]
 fn bad_training_input_is_refused_with_a_message() {
     let d = tempdir("train-bad");
-    let (tr, va) = (slice("train", 20, &d), slice("val", 8, &d));
+    let (tr, va) = (pairs_slice("train", 20, &d), pairs_slice("val", 8, &d));
     let cfg = small_config();
     // overlap between validation and training
     let e = train_err(&tr, &tr, &cfg, &d.join("o1"));

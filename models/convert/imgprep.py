@@ -2,8 +2,9 @@
 
 Steps (all in f32, no rounding between steps):
 1. decode; an alpha channel is composited onto the bundle's background colour;
-2. resize so the short side equals `resize` with a separable, antialiased triangle filter
-   (support scales with the downscale factor, like PIL's BILINEAR), sampling pixel centres;
+2. resize so the short side equals `resize` with a separable, antialiased filter, triangle or
+   bicubic (support scales with the downscale factor, like PIL's BILINEAR and BICUBIC),
+   sampling pixel centres;
 3. centre-crop `crop` x `crop` (computed on the fly: only the crop is resampled);
 4. (x - mean) / std per RGB channel, NCHW layout.
 """
@@ -25,17 +26,36 @@ def load_rgb(path, background=(255, 255, 255)):
     return np.asarray(img.convert("RGB"), dtype=np.float32)
 
 
-def _weights(in_size, out_size, offset, count):
+def _triangle(x):
+    return max(0.0, 1.0 - abs(x))
+
+
+def _bicubic(x, a=-0.5):
+    """Keys' cubic, PIL's BICUBIC."""
+    x = abs(x)
+    if x < 1.0:
+        return ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+    if x < 2.0:
+        return (((x - 5.0) * x + 8.0) * x - 4.0) * a
+    return 0.0
+
+
+FILTERS = {"triangle": (1.0, _triangle), "bicubic": (2.0, _bicubic)}
+
+
+def _weights(in_size, out_size, offset, count, resample="triangle"):
     """Rows: output pixels offset..offset+count of a resize in_size -> out_size."""
     scale = in_size / out_size
-    support = max(scale, 1.0)
+    radius, kernel = FILTERS[resample]
+    stretch = max(scale, 1.0)
+    support = radius * stretch
     w = np.zeros((count, in_size), dtype=np.float64)
     for j in range(count):
         centre = (offset + j + 0.5) * scale
         lo = max(int(math.floor(centre - support)), 0)
         hi = min(int(math.ceil(centre + support)), in_size)
         for i in range(lo, hi):
-            w[j, i] = max(0.0, 1.0 - abs((i + 0.5 - centre) / support))
+            w[j, i] = kernel((i + 0.5 - centre) / stretch)
         s = w[j].sum()
         if s == 0.0:  # cannot happen for in_size >= 1, kept for safety
             w[j, min(int(centre), in_size - 1)] = 1.0
@@ -50,12 +70,13 @@ def resize_crop_geometry(h, w, resize, crop):
     return nh, nw, (nh - crop) // 2, (nw - crop) // 2
 
 
-def preprocess(rgb, resize=256, crop=224, mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0)):
+def preprocess(rgb, resize=256, crop=224, mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0),
+               resample="triangle"):
     """HxWx3 float32 (0..255) -> 1x3xcropxcrop float32."""
     h, w, _ = rgb.shape
     nh, nw, top, left = resize_crop_geometry(h, w, resize, crop)
-    wy = _weights(h, nh, top, crop)
-    wx = _weights(w, nw, left, crop)
+    wy = _weights(h, nh, top, crop, resample)
+    wx = _weights(w, nw, left, crop, resample)
     out = np.einsum("yh,hwc,xw->cyx", wy, rgb.astype(np.float32), wx, optimize=True)
     mean = np.asarray(mean, np.float32)[:, None, None]
     std = np.asarray(std, np.float32)[:, None, None]

@@ -18,6 +18,7 @@ const USAGE: &str = "usage:
   moonlens-host export --heads DIR --out BUNDLE [--bundle BASE] [--int8] [--mix W]
   moonlens-host export --heads DISTILLED --teacher BUNDLE --out BUNDLE [--bundle STUDENT] [--int8]
   moonlens-host sheet --bundle DIR --pairs FILE.jsonl --query TEXT --out FILE.png [--k 12]
+  moonlens-host parity --bundle DIR   (a converted bundle's reference.json vs tract)
   moonlens-host bench encode --bundle DIR [--runs N] [--json]
   moonlens-host bench profile --bundle DIR [--runs N]
   moonlens-host bench search [--entries N] [--queries N] [--json]
@@ -92,6 +93,20 @@ fn run() -> Result<()> {
             let enc = Encoder::load(&Bundle::open(args.require("bundle")?)?)?;
             let r = moonlens::host::eval::eval(&enc, Path::new(args.require("pairs")?))?;
             println!("{}", serde_json::to_string(&r).expect("plain struct"));
+            Ok(())
+        }
+        ("parity", None) => {
+            args.only(&["bundle"])?;
+            let enc = Encoder::load(&Bundle::open(args.require("bundle")?)?)?;
+            let r = moonlens::host::parity::check(&enc, Path::new("."))?;
+            println!("{}", serde_json::to_string(&r).expect("plain struct"));
+            if !r.ok() {
+                moonlens::bail!(
+                    "tract does not reproduce the converter's outputs on this bundle (bars: \
+                     cosine >= {} vs onnxruntime, identical tokens, preprocessing within 1e-3)",
+                    moonlens::host::parity::SAME_FILE_COS
+                );
+            }
             Ok(())
         }
         ("train", None) => {

@@ -66,6 +66,24 @@ fn onnx_model(path: &std::path::Path) -> Result<InferenceModel> {
     onnx.model_for_proto_model(&proto).map_err(not_loadable)
 }
 
+/// A tower that tract cannot type or optimize. An operator tract lacks (a model converted from
+/// elsewhere may bring one) is named up front, with what the user can do about it.
+fn tower_error(path: &std::path::Path, e: TractError) -> Error {
+    let text = format!("{e:#}");
+    match text
+        .split("Unimplemented(")
+        .nth(1)
+        .and_then(|t| t.split(')').next())
+    {
+        Some(op) => Error::new(format!(
+            "{}: the ONNX operator {op} is not implemented in this build's tract: export the \
+             model without it (another opset or model variant) and convert again ({text})",
+            path.display(),
+        )),
+        None => Error::new(format!("{}: {text}", path.display())),
+    }
+}
+
 /// The bundle's image tower as a typed model with a symbolic batch `N`, computing `outputs`
 /// (tensor names of the ONNX graph).
 pub fn image_model(bundle: &Bundle, outputs: &[&str]) -> Result<TypedModel> {
@@ -80,7 +98,7 @@ pub fn image_model(bundle: &Bundle, outputs: &[&str]) -> Result<TypedModel> {
             x.with_input_fact(0, f32::fact(dims!(n, c, h, w)).into())
         })
         .and_then(|x| x.into_typed())
-        .map_err(|e| Error::new(format!("{}: {e:#}", image_path.display())))
+        .map_err(|e| tower_error(&image_path, e))
 }
 
 /// `model` optimized for `batch` images per run.
@@ -252,17 +270,25 @@ impl TextEncoder {
     ) -> Result<TextEncoder> {
         let m = &bundle.manifest;
         let text_path = bundle.path(&spec.file);
+        let mut names = vec![spec.input_ids.as_str()];
+        names.extend(spec.attention_mask.as_deref());
         let plan = onnx_model(&text_path)?
-            .with_input_names([spec.input_ids.as_str(), spec.attention_mask.as_str()])
-            .and_then(|x| x.with_outputs_by_name([output]))
-            .and_then(|x| {
-                let s = x.sym("S");
-                x.with_input_fact(0, i64::fact(dims!(1, s.clone())).into())?
-                    .with_input_fact(1, i64::fact(dims!(1, s)).into())
+            .with_input_names(names)
+            .and_then(|mut x| {
+                // a fixed-length tower gets a concrete shape: tract optimizes it once for all
+                let len = match spec.pad_to {
+                    Some(n) => TDim::Val(n as i64),
+                    None => x.sym("S").into(),
+                };
+                for input in 0..x.inputs.len() {
+                    x = x.with_input_fact(input, i64::fact(dims!(1, len.clone())).into())?;
+                }
+                Ok(x)
             })
+            .and_then(|x| x.with_outputs_by_name([output]))
             .and_then(|x| x.into_optimized())
             .and_then(|x| x.into_runnable())
-            .map_err(|e| Error::new(format!("{}: {e:#}", text_path.display())))?;
+            .map_err(|e| tower_error(&text_path, e))?;
         // the embedding width as the graph declares it; the daemon's must match bundle.toml
         let dim = plan
             .model()
@@ -311,13 +337,26 @@ impl TextEncoder {
     }
 
     pub fn embed(&self, text: &str) -> Result<Vec<f32>> {
-        let ids: Vec<i64> = self.tokenize(text)?.into_iter().map(i64::from).collect();
+        let mut ids: Vec<i64> = self.tokenize(text)?.into_iter().map(i64::from).collect();
         let n = ids.len();
-        let ids = Tensor::from_shape(&[1, n], &ids).context("token tensor")?;
-        let mask = Tensor::from_shape(&[1, n], &vec![1i64; n]).context("mask tensor")?;
+        if let Some(len) = self.spec.pad_to {
+            ids.resize(len, i64::from(self.spec.pad_id));
+        }
+        let mut inputs = tvec![Tensor::from_shape(&[1, ids.len()], &ids)
+            .context("token tensor")?
+            .into_tvalue()];
+        if self.spec.attention_mask.is_some() {
+            let mut mask = vec![1i64; n];
+            mask.resize(ids.len(), 0);
+            inputs.push(
+                Tensor::from_shape(&[1, ids.len()], &mask)
+                    .context("mask tensor")?
+                    .into_tvalue(),
+            );
+        }
         let out = self
             .plan
-            .run(tvec![ids.into_tvalue(), mask.into_tvalue()])
+            .run(inputs)
             .map_err(|e| Error::new(format!("text tower failed: {e:#}")))?;
         Ok(rows(&out[0], 1, self.dim)?.remove(0))
     }

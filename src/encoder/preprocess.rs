@@ -1,25 +1,46 @@
 //! Image preprocessing: exactly what `models/convert/imgprep.py` (the Python reference) does.
 //!
 //! Alpha composited onto the bundle's background; short side resized to `resize` with a
-//! separable antialiased triangle filter (support grows with the downscale factor, pixel
-//! centres sampled); centre crop `crop`; `(x - mean) / std`; NCHW f32. Only the cropped region
+//! separable antialiased filter, triangle or bicubic as `[image] resample` says (support
+//! grows with the downscale factor, pixel centres sampled, as PIL's BILINEAR and BICUBIC); centre crop `crop`; `(x - mean) / std`; NCHW f32. Only the cropped region
 //! is resampled, so a 1080p frame costs two small passes, not a full resize.
 
-use crate::bundle::{ChannelOrder, ImageTower};
+use crate::bundle::{ChannelOrder, ImageTower, Resample};
 use image::DynamicImage;
 
 /// Input-to-output weights for output pixels `offset..offset + count` of a resize
 /// `in_size -> out_size`: for each output pixel the first input index and its taps.
-fn weights(in_size: usize, out_size: usize, offset: usize, count: usize) -> Vec<(usize, Vec<f32>)> {
+fn weights(
+    filter: Resample,
+    in_size: usize,
+    out_size: usize,
+    offset: usize,
+    count: usize,
+) -> Vec<(usize, Vec<f32>)> {
     let scale = in_size as f64 / out_size as f64;
-    let support = scale.max(1.0);
+    let stretch = scale.max(1.0);
+    let (radius, kernel): (f64, fn(f64) -> f64) = match filter {
+        Resample::Triangle => (1.0, |x| (1.0 - x.abs()).max(0.0)),
+        // Keys' cubic with a = -0.5, PIL's BICUBIC (what CLIP's preprocessing uses)
+        Resample::Bicubic => (2.0, |x| {
+            let (a, x) = (-0.5, x.abs());
+            if x < 1.0 {
+                ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+            } else if x < 2.0 {
+                (((x - 5.0) * x + 8.0) * x - 4.0) * a
+            } else {
+                0.0
+            }
+        }),
+    };
+    let support = radius * stretch;
     (0..count)
         .map(|j| {
             let centre = (offset + j) as f64 * scale + 0.5 * scale;
             let lo = ((centre - support).floor().max(0.0)) as usize;
             let hi = ((centre + support).ceil() as usize).min(in_size);
             let mut taps: Vec<f64> = (lo..hi)
-                .map(|i| (1.0 - ((i as f64 + 0.5 - centre) / support).abs()).max(0.0))
+                .map(|i| kernel((i as f64 + 0.5 - centre) / stretch))
                 .collect();
             let sum: f64 = taps.iter().sum();
             if sum == 0.0 {
@@ -68,8 +89,8 @@ pub fn preprocess(img: &DynamicImage, spec: &ImageTower) -> Vec<f32> {
     let crop = spec.crop as usize;
     let (h, w, px) = rgb_f32(img, spec.background);
     let (nh, nw, top, left) = geometry(h, w, spec.resize as usize, crop);
-    let wx = weights(w, nw, left, crop);
-    let wy = weights(h, nh, top, crop);
+    let wx = weights(spec.resample, w, nw, left, crop);
+    let wy = weights(spec.resample, h, nh, top, crop);
     // horizontal pass over every input row: tmp[y][x][c]
     let mut tmp = vec![0f32; h * crop * 3];
     for y in 0..h {
@@ -121,11 +142,26 @@ mod tests {
 
     #[test]
     fn weights_sum_to_one_and_stay_in_bounds() {
-        for (inp, out) in [(1000, 256), (37, 256), (256, 256), (1, 256)] {
-            for (lo, taps) in weights(inp, out, 0, out) {
-                assert!(lo + taps.len() <= inp);
-                assert!((taps.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        for filter in [Resample::Triangle, Resample::Bicubic] {
+            for (inp, out) in [(1000, 256), (37, 256), (256, 256), (1, 256)] {
+                for (lo, taps) in weights(filter, inp, out, 0, out) {
+                    assert!(lo + taps.len() <= inp);
+                    assert!((taps.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+                }
             }
         }
+    }
+
+    /// A bicubic resize at scale 1 samples pixel centres exactly: it is the identity, where
+    /// the triangle at scale 1 is too; at 2x down it has its negative lobes.
+    #[test]
+    fn bicubic_taps_are_keys_cubic() {
+        for (lo, taps) in weights(Resample::Bicubic, 8, 8, 0, 8) {
+            let one: Vec<f32> = taps.iter().copied().filter(|t| t.abs() > 1e-6).collect();
+            assert_eq!(one, vec![1.0], "{lo} {taps:?}");
+        }
+        let (_, taps) = &weights(Resample::Bicubic, 16, 8, 2, 1)[0];
+        assert!(taps.iter().any(|&t| t < 0.0), "{taps:?}");
+        assert_eq!(taps.len(), 8);
     }
 }

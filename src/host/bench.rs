@@ -133,6 +133,7 @@ pub fn encode(enc: &Encoder, runs: usize, json: bool) -> Result<()> {
         None => None,
     };
     let load_ms = enc.load_time.as_secs_f64() * 1e3;
+    let (rss_mb, peak_mb) = (proc_status_mb("VmRSS:"), proc_status_mb("VmHWM:"));
     if !json {
         eprintln!("bundle {}: load {load_ms:.0} ms (all towers); one thread: image {image_ms:.1} ms (of which preprocessing {pre:.1} ms), text {text_ms:.1} ms{}; {cores} cores: image {image_all:.1} ms, text {text_all:.1} ms", enc.bundle().manifest.name,
             multilingual_ms.map_or(String::new(), |m| format!(", multilingual text {m:.1} ms")));
@@ -141,12 +142,26 @@ pub fn encode(enc: &Encoder, runs: usize, json: bool) -> Result<()> {
         "image": {"median_ms": image_ms, "preprocess_ms": pre, "load_ms": load_ms},
         "text": {"median_ms": text_ms, "load_ms": load_ms},
         "all_cores": {"threads": cores, "image": {"median_ms": image_all},
-                      "text": {"median_ms": text_all}}});
+                      "text": {"median_ms": text_all}},
+        "memory": {"rss_mb": rss_mb, "peak_rss_mb": peak_mb}});
     if let Some(m) = multilingual_ms {
         out["text_multilingual"] = serde_json::json!({"median_ms": m, "load_ms": load_ms});
     }
     println!("{out}");
     Ok(())
+}
+
+/// A `/proc/self/status` line in MB (the kernel writes kB): this process's resident memory.
+fn proc_status_mb(key: &str) -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    let kb: f64 = line[key.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
 }
 
 /// Where the time goes: each tower's optimized tract plan run `runs` times on the inputs

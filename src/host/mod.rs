@@ -7,6 +7,7 @@ pub mod export;
 pub mod features;
 pub mod fuzz;
 pub mod pairs;
+pub mod parity;
 pub mod plot;
 pub mod progress;
 pub mod sentences;

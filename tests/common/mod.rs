@@ -142,3 +142,19 @@ pub fn hit_labels(reply: &Value) -> Vec<&str> {
         .map(|h| h["label"].as_str().expect("every hit has a label"))
         .collect()
 }
+
+/// The first `n` pairs of `data/pairs/<split>.jsonl`, image paths made absolute.
+pub fn pairs_slice(split: &str, n: usize, dir: &Path) -> PathBuf {
+    let src = data_dir().join("pairs").join(format!("{split}.jsonl"));
+    let base = src.parent().unwrap().to_path_buf();
+    let body = std::fs::read_to_string(&src).unwrap();
+    let out = dir.join(format!("{split}.jsonl"));
+    let mut f = std::fs::File::create(&out).unwrap();
+    for line in body.lines().take(n) {
+        let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let img = base.join(v["image"].as_str().unwrap());
+        v["image"] = serde_json::Value::String(img.to_string_lossy().into_owned());
+        writeln!(f, "{v}").unwrap();
+    }
+    out
+}
