@@ -84,7 +84,7 @@ fn the_ring_overwrites_the_oldest_and_stays_bounded() {
     let size = std::fs::metadata(d.join("index.ml")).unwrap().len();
     assert_eq!(
         size,
-        (HEADER_SIZE + 50 * moonlens::index::slot_size(DIM)) as u64
+        (HEADER_SIZE + 50 * moonlens::index::slot::size(DIM)) as u64
     );
     let hits = idx.search(&embedding_for(5), K_MAX + 50, &Filter::default());
     assert_eq!(hits.len(), 50.min(K_MAX));
@@ -203,7 +203,7 @@ fn verify_cli(d: &std::path::Path) -> (Option<i32>, serde_json::Value) {
 fn bit_flips_are_detected_reported_and_never_served() {
     let (idx, d) = filled("flips", 64, 64);
     drop(idx);
-    let ss = moonlens::index::slot_size(DIM);
+    let ss = moonlens::index::slot::size(DIM);
     let bad = [3usize, 17, 40];
     for (i, &slot) in bad.iter().enumerate() {
         flip(
@@ -273,7 +273,7 @@ fn bit_flips_are_detected_reported_and_never_served() {
 fn truncation_and_bad_headers_are_clear() {
     let (idx, d) = filled("trunc", 64, 64);
     drop(idx);
-    let ss = moonlens::index::slot_size(DIM);
+    let ss = moonlens::index::slot::size(DIM);
     let f = std::fs::OpenOptions::new()
         .write(true)
         .open(d.join("index.ml"))
@@ -497,9 +497,9 @@ fn ids_never_wrap() {
         scale: 1.0 / 127.0,
         embedding: vec![1; DIM],
     };
-    let ss = moonlens::index::slot_size(DIM);
+    let ss = moonlens::index::slot::size(DIM);
     let mut slot = vec![0u8; ss];
-    moonlens::index::encode_slot(&e, 0, moonlens::index::crc32(&[]), &mut slot);
+    moonlens::index::slot::encode(&e, 0, 0, &mut slot);
     let mut bytes = std::fs::read(d.join("index.ml")).unwrap();
     bytes[HEADER_SIZE + pos * ss..HEADER_SIZE + (pos + 1) * ss].copy_from_slice(&slot);
     std::fs::write(d.join("index.ml"), bytes).unwrap();
@@ -576,7 +576,7 @@ fn searches_do_not_wait_on_a_slow_flush() {
 fn streaming_verify_reports_what_the_in_memory_checks_report() {
     let (idx, d) = filled("streamverify", 64, 80);
     drop(idx);
-    let ss = moonlens::index::slot_size(DIM);
+    let ss = moonlens::index::slot::size(DIM);
     let both = |d: &std::path::Path| {
         let streamed = Index::verify(d).unwrap();
         let whole = moonlens::index::verify_bytes(
@@ -591,7 +591,7 @@ fn streaming_verify_reports_what_the_in_memory_checks_report() {
     flip(&d.join("index.ml"), HEADER_SIZE + 9 * ss + 30);
     flip(&d.join("thumbs.ml"), 20 * moonlens::index::THUMB_SLOT + 3);
     let r = both(&d);
-    assert_eq!((r.entries, r.corrupt, r.bad_thumbs), (63, 1, 1));
+    assert_eq!((r.entries, r.corrupt, r.bad_thumbs), (63, 1, Some(1)));
     let f = std::fs::OpenOptions::new()
         .write(true)
         .open(d.join("index.ml"))
@@ -609,7 +609,7 @@ fn streaming_verify_reports_what_the_in_memory_checks_report() {
 #[test]
 fn power_loss_during_an_append_loses_at_most_that_append() {
     const PAGE: usize = 4096;
-    let ss = moonlens::index::slot_size(DIM);
+    let ss = moonlens::index::slot::size(DIM);
     // an in-flight slot that straddles two pages, and one that evicts the oldest entry
     let straddling = (10..60u64)
         .find(|&b| (HEADER_SIZE + b as usize * ss) % PAGE + ss > PAGE)

@@ -64,75 +64,86 @@ pub fn thumbnail(img: &DynamicImage) -> Vec<u8> {
     Vec::new()
 }
 
-/// Starts the two ingest threads; they run until the source is done.
-pub fn start(shared: Arc<Shared>, mut source: Box<dyn FrameSource>, gates: Gates) {
+/// Starts the two ingest threads ([`capture_loop`], [`encode_loop`]); they run until the
+/// source is done. A thread that cannot start is the one startup failure here: the daemon
+/// without ingest would answer with a frozen index and look healthy.
+pub fn start(shared: Arc<Shared>, source: Box<dyn FrameSource>, gates: Gates) {
     let (tx, rx) = sync_channel::<Queued>(QUEUE_DEPTH);
-    let live = source.is_live();
-    let cap_shared = shared.clone();
-    let pixel_gate = gates.pixel_diff;
+    let capture = shared.clone();
     std::thread::Builder::new()
         .name("capture".into())
-        .spawn(move || {
-            let s = cap_shared;
-            let mut last_mini: Option<Vec<u8>> = None;
-            let mut last_log = Instant::now() - Duration::from_secs(60);
-            loop {
-                match source.next() {
-                    Next::Done => {
-                        log::info!("source {} finished", source.id());
-                        break;
-                    }
-                    Next::Failed(e) => {
-                        s.counters.source_errors.fetch_add(1, Relaxed);
-                        if last_log.elapsed() > Duration::from_secs(5) {
-                            log::warn!("source {}: {e}", source.id());
-                            last_log = Instant::now();
-                        }
-                    }
-                    Next::Frame(f) => {
-                        s.counters.frames_seen.fetch_add(1, Relaxed);
-                        if pixel_gate > 0.0 {
-                            let mini = miniature(&f.image);
-                            if let Some(prev) = &last_mini {
-                                let diff = prev
-                                    .iter()
-                                    .zip(&mini)
-                                    .map(|(a, b)| a.abs_diff(*b) as f32)
-                                    .sum::<f32>()
-                                    / mini.len() as f32;
-                                if diff < pixel_gate {
-                                    s.counters.gated.fetch_add(1, Relaxed);
-                                    continue;
-                                }
-                            }
-                            last_mini = Some(mini);
-                        }
-                        let q = Queued {
-                            image: f.image,
-                            label: f.label,
-                            ts_ms: f.ts_ms,
-                        };
-                        if live {
-                            if let Err(TrySendError::Full(_)) = tx.try_send(q) {
-                                s.counters.dropped.fetch_add(1, Relaxed);
-                            }
-                        } else if tx.send(q).is_err() {
-                            break;
-                        }
-                    }
-                }
-            }
-            drop(tx);
-        })
+        .spawn(move || capture_loop(&capture, source, tx, gates.pixel_diff))
         .expect("spawn capture thread");
-    let source_id: String = shared.source_id.clone();
     std::thread::Builder::new()
         .name("encode".into())
-        .spawn(move || encode_loop(shared, rx, &source_id, gates.embedding_cos))
+        .spawn(move || encode_loop(shared, rx, gates.embedding_cos))
         .expect("spawn encode thread");
 }
 
-fn encode_loop(s: Arc<Shared>, rx: Receiver<Queued>, source_id: &str, embedding_gate: f32) {
+/// Pulls frames from the source, drops still ones (pixel gate) and queues the rest: a live
+/// camera's frame that finds the queue full is dropped, a replay waits. Source failures are
+/// counted and logged at most every 5 s; the loop keeps pulling (a camera may come back).
+fn capture_loop(
+    s: &Shared,
+    mut source: Box<dyn FrameSource>,
+    tx: std::sync::mpsc::SyncSender<Queued>,
+    pixel_gate: f32,
+) {
+    let live = source.is_live();
+    let mut last_mini: Option<Vec<u8>> = None;
+    let mut last_log = Instant::now() - Duration::from_secs(60);
+    loop {
+        match source.next() {
+            Next::Done => {
+                log::info!("source {} finished", source.id());
+                return;
+            }
+            Next::Failed(e) => {
+                s.counters.source_errors.fetch_add(1, Relaxed);
+                if last_log.elapsed() > Duration::from_secs(5) {
+                    log::warn!("source {}: {e}", source.id());
+                    last_log = Instant::now();
+                }
+            }
+            Next::Frame(f) => {
+                if pixel_gate > 0.0 {
+                    let mini = miniature(&f.image);
+                    if let Some(prev) = &last_mini {
+                        let diff = prev
+                            .iter()
+                            .zip(&mini)
+                            .map(|(a, b)| a.abs_diff(*b) as f32)
+                            .sum::<f32>()
+                            / mini.len() as f32;
+                        if diff < pixel_gate {
+                            s.counters.gated.fetch_add(1, Relaxed);
+                            continue;
+                        }
+                    }
+                    last_mini = Some(mini);
+                }
+                let q = Queued {
+                    image: f.image,
+                    label: f.label,
+                    ts_ms: f.ts_ms,
+                };
+                if live {
+                    if let Err(TrySendError::Full(_)) = tx.try_send(q) {
+                        s.counters.dropped.fetch_add(1, Relaxed);
+                    }
+                } else if tx.send(q).is_err() {
+                    return; // the encode thread is gone
+                }
+            }
+        }
+    }
+}
+
+/// Encodes queued frames in batches, drops near-duplicates (embedding gate), stores the
+/// rest and fires watches. Encoder and index failures are counted (`encode_errors`,
+/// `store_errors`) and logged; the loop goes on with the next batch.
+fn encode_loop(s: Arc<Shared>, rx: Receiver<Queued>, embedding_gate: f32) {
+    let source_id = s.source_id.as_str();
     let mut last: Option<Vec<f32>> = None;
     while let Ok(first) = rx.recv() {
         // one batch at a time under the turn lock: a clean shutdown waits for it
@@ -155,7 +166,7 @@ fn encode_loop(s: Arc<Shared>, rx: Receiver<Queued>, source_id: &str, embedding_
             Err(e) => {
                 log::error!("encoding failed, {} frame(s) lost: {e}", images.len());
                 s.counters
-                    .source_errors
+                    .encode_errors
                     .fetch_add(images.len() as u64, Relaxed);
                 continue;
             }
@@ -196,7 +207,7 @@ fn encode_loop(s: Arc<Shared>, rx: Receiver<Queued>, source_id: &str, embedding_
                 }
                 Err(e) => {
                     log::error!("index append failed: {e}");
-                    s.counters.source_errors.fetch_add(1, Relaxed);
+                    s.counters.store_errors.fetch_add(1, Relaxed);
                 }
             }
         }

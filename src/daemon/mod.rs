@@ -26,13 +26,22 @@ pub use clients::MAX_CLIENTS;
 pub const QUERY_SLOTS: usize = 2;
 pub const OUTBOX: usize = 64;
 
+/// What the daemon counts, each named after the one thing it counts (all in `status`).
 #[derive(Default)]
 pub struct Counters {
-    pub frames_seen: AtomicU64,
+    /// frames stored in the index
     pub ingested: AtomicU64,
+    /// live frames that found the queue full
     pub dropped: AtomicU64,
+    /// frames skipped by the pixel or the embedding gate
     pub gated: AtomicU64,
+    /// failed reads from the frame source (camera gone, undecodable frame)
     pub source_errors: AtomicU64,
+    /// frames the image tower failed on
+    pub encode_errors: AtomicU64,
+    /// frames the index failed to store (full disk, failed flush)
+    pub store_errors: AtomicU64,
+    /// `+MATCH` pushes lost to a client whose outbox was full
     pub pushes_lost: AtomicU64,
 }
 
@@ -105,7 +114,7 @@ impl Shared {
         Shared {
             encoder,
             index,
-            source_id: source_id.chars().take(crate::index::SOURCE_MAX).collect(),
+            source_id: crate::index::slot::fit(source_id, crate::index::SOURCE_MAX).to_string(),
             counters: Counters::default(),
             source_done: AtomicBool::new(false),
             watches: Mutex::new(watch::Watches::new(watch_cooldown)),
@@ -143,7 +152,12 @@ impl Shared {
     /// Push a `+MATCH` to every client; a client whose outbox is full loses the push (counted).
     pub fn push_match(&self, watch: u32, hit: &HitView) {
         for s in self.subscribers.lock().expect("subscribers").iter() {
-            let line = protocol::render_match(s.json.load(Relaxed), watch, hit);
+            let style = if s.json.load(Relaxed) {
+                protocol::Style::Json
+            } else {
+                protocol::Style::Human
+            };
+            let line = protocol::render_match(style, watch, hit);
             if s.outbox.try_send(line).is_err() {
                 self.counters.pushes_lost.fetch_add(1, Relaxed);
             }
@@ -172,6 +186,9 @@ impl Shared {
             dropped: self.counters.dropped.load(Relaxed),
             gated: self.counters.gated.load(Relaxed),
             source_errors: self.counters.source_errors.load(Relaxed),
+            encode_errors: self.counters.encode_errors.load(Relaxed),
+            store_errors: self.counters.store_errors.load(Relaxed),
+            pushes_lost: self.counters.pushes_lost.load(Relaxed),
             source_done: self.source_done.load(Relaxed),
             model: self.encoder.bundle().manifest.name.clone(),
             uptime_s: self.started.elapsed().as_secs(),

@@ -4,7 +4,7 @@ use super::crash::{embedding_for, DIM};
 use crate::encoder::Encoder;
 use crate::error::Result;
 use crate::index::search::{top_k, Filter};
-use crate::index::{encode_slot, quantize, slot_size, Entry, Header, THUMB_SLOT};
+use crate::index::{quantize, slot, Entry, Header, THUMB_SLOT};
 use std::time::Instant;
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -33,16 +33,18 @@ pub fn search(entries: usize, queries: usize, json: bool) -> Result<()> {
     let header = Header {
         dim: dim as u32,
         capacity: entries as u64,
-        slot_size: slot_size(dim) as u32,
+        slot_size: slot::size(dim) as u32,
         thumb_slot: THUMB_SLOT as u32,
         bundle_id: [0; 32],
         created_ms: 0,
     };
-    let ss = slot_size(dim);
+    let ss = slot::size(dim);
     let mut slots = vec![0u8; entries * ss];
     let base: Vec<Vec<f32>> = (1..=64).map(embedding_for).collect();
     for (i, s) in slots.chunks_exact_mut(ss).enumerate() {
-        let (q, scale) = quantize(&base[i % base.len()]);
+        let (mut q, scale) = quantize(&base[i % base.len()]);
+        // vary the vectors a little so the heap sees churn
+        q[i % dim] = (i % 251) as u8 as i8;
         let e = Entry {
             seq: i as u64 + 1,
             ts_ms: i as i64,
@@ -51,9 +53,7 @@ pub fn search(entries: usize, queries: usize, json: bool) -> Result<()> {
             scale,
             embedding: q,
         };
-        encode_slot(&e, 0, 0, s);
-        // vary the vectors a little so the heap sees churn
-        s[crate::index::SLOT_FIXED + (i % dim)] = (i % 251) as u8;
+        slot::encode(&e, 0, 0, s);
     }
     let qs: Vec<Vec<f32>> = (0..queries.max(3) as u64)
         .map(|i| embedding_for(1_000_000 + i))

@@ -10,8 +10,9 @@
 pub mod disk;
 pub mod quarantine;
 pub mod search;
+pub mod slot;
 
-use crate::error::{Context, Error, Result};
+use crate::error::{Context, Result};
 use memmap2::{MmapMut, MmapOptions};
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -20,21 +21,14 @@ use std::sync::RwLock;
 pub const MAGIC: &[u8; 8] = b"MLINDEX\0";
 pub const VERSION: u32 = 1;
 pub const HEADER_SIZE: usize = 4096;
-/// Fixed part of a slot before the embedding.
-pub const SLOT_FIXED: usize = 104;
-pub const SOURCE_MAX: usize = 16;
-pub const LABEL_MAX: usize = 56;
+use slot::Slot;
+pub use slot::{LABEL_MAX, SOURCE_MAX};
 /// Thumbnails live in fixed slots of this many bytes (a 160 px JPEG is 4-10 KiB).
 pub const THUMB_SLOT: usize = 16 * 1024;
 /// The largest ring the format allows (2^32 entries; a board holds far fewer).
 pub const MAX_CAPACITY: u64 = 1 << 32;
 
-/// Bytes of one slot for embeddings of `dim` values (8-byte aligned).
-pub fn slot_size(dim: usize) -> usize {
-    (SLOT_FIXED + dim + 4).div_ceil(8) * 8
-}
-
-pub fn crc32(data: &[u8]) -> u32 {
+pub(crate) fn crc32(data: &[u8]) -> u32 {
     // CRC-32/ISO-HDLC, bitwise-by-table; the table is built once.
     static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
     let t = TABLE.get_or_init(|| {
@@ -110,7 +104,7 @@ impl Header {
         };
         if h.dim == 0
             || h.dim > 4096
-            || h.slot_size as usize != slot_size(h.dim as usize)
+            || h.slot_size as usize != slot::size(h.dim as usize)
             || h.capacity == 0
             || h.capacity > MAX_CAPACITY
             || h.thumb_slot == 0
@@ -159,89 +153,6 @@ pub fn quantize(x: &[f32]) -> (Vec<i8>, f32) {
     )
 }
 
-fn put_str(dst: &mut [u8], s: &str) -> u8 {
-    // cut at a char boundary so the stored bytes stay valid UTF-8
-    let mut n = s.len().min(dst.len());
-    while !s.is_char_boundary(n) {
-        n -= 1;
-    }
-    dst[..n].copy_from_slice(&s.as_bytes()[..n]);
-    n as u8
-}
-
-pub fn encode_slot(e: &Entry, thumb_len: u32, thumb_crc: u32, out: &mut [u8]) {
-    let dim = e.embedding.len();
-    out.fill(0);
-    out[0..8].copy_from_slice(&e.seq.to_le_bytes());
-    out[8..16].copy_from_slice(&e.ts_ms.to_le_bytes());
-    out[16..20].copy_from_slice(&e.scale.to_le_bytes());
-    out[20..24].copy_from_slice(&thumb_len.to_le_bytes());
-    out[24..28].copy_from_slice(&thumb_crc.to_le_bytes());
-    out[28] = put_str(&mut out[32..32 + SOURCE_MAX], &e.source);
-    out[29] = put_str(&mut out[48..48 + LABEL_MAX], &e.label);
-    for (d, &v) in out[SLOT_FIXED..SLOT_FIXED + dim]
-        .iter_mut()
-        .zip(&e.embedding)
-    {
-        *d = v as u8;
-    }
-    let crc = crc32(&out[..SLOT_FIXED + dim]);
-    out[SLOT_FIXED + dim..SLOT_FIXED + dim + 4].copy_from_slice(&crc.to_le_bytes());
-}
-
-/// What a slot holds: nothing yet, a valid entry, or bytes that fail their checksum.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Slot {
-    Empty,
-    Valid {
-        entry: Entry,
-        thumb_len: u32,
-        thumb_crc: u32,
-    },
-    Corrupt(String),
-}
-
-pub fn decode_slot(b: &[u8], dim: usize) -> Slot {
-    if b.iter().all(|&x| x == 0) {
-        return Slot::Empty;
-    }
-    let crc = u32::from_le_bytes(
-        b[SLOT_FIXED + dim..SLOT_FIXED + dim + 4]
-            .try_into()
-            .expect("4 bytes"),
-    );
-    if crc != crc32(&b[..SLOT_FIXED + dim]) {
-        return Slot::Corrupt("slot checksum mismatch".into());
-    }
-    let seq = u64::from_le_bytes(b[0..8].try_into().expect("8"));
-    let scale = f32::from_le_bytes(b[16..20].try_into().expect("4"));
-    let (sl, ll) = (b[28] as usize, b[29] as usize);
-    if seq == 0 || sl > SOURCE_MAX || ll > LABEL_MAX || !scale.is_finite() {
-        return Slot::Corrupt("slot fields out of range".into());
-    }
-    let (Ok(source), Ok(label)) = (
-        std::str::from_utf8(&b[32..32 + sl]),
-        std::str::from_utf8(&b[48..48 + ll]),
-    ) else {
-        return Slot::Corrupt("slot strings are not UTF-8".into());
-    };
-    Slot::Valid {
-        entry: Entry {
-            seq,
-            ts_ms: i64::from_le_bytes(b[8..16].try_into().expect("8")),
-            source: source.to_string(),
-            label: label.to_string(),
-            scale,
-            embedding: b[SLOT_FIXED..SLOT_FIXED + dim]
-                .iter()
-                .map(|&v| v as i8)
-                .collect(),
-        },
-        thumb_len: u32::from_le_bytes(b[20..24].try_into().expect("4")),
-        thumb_crc: u32::from_le_bytes(b[24..28].try_into().expect("4")),
-    }
-}
-
 /// Result of checking every slot (`moonlensd verify`, and every open).
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct Report {
@@ -251,8 +162,9 @@ pub struct Report {
     /// Slot numbers that failed their checks (first 100).
     pub corrupt_slots: Vec<u64>,
     /// Valid entries whose thumbnail fails its checksum (a crash between the two writes of
-    /// an append can leave the entry about to be overwritten without its thumbnail).
-    pub bad_thumbs: u64,
+    /// an append can leave the entry about to be overwritten without its thumbnail). `None`
+    /// where thumbnails were not checked: an open leaves them to the `thumb` request.
+    pub bad_thumbs: Option<u64>,
     /// Damaged slots found by earlier opens and kept in `quarantine.ml` before they were
     /// cleared (`verify` only; the evidence of past damage).
     pub quarantined: u64,
@@ -332,7 +244,7 @@ impl Index {
             let h = Header {
                 dim: dim as u32,
                 capacity,
-                slot_size: slot_size(dim) as u32,
+                slot_size: slot::size(dim) as u32,
                 thumb_slot: THUMB_SLOT as u32,
                 bundle_id,
                 created_ms: now_ms(),
@@ -465,25 +377,22 @@ impl Index {
         })
     }
 
+    /// Open-time recovery: the checks `verify` makes (one loop, [`Report::tally`]), minus
+    /// the thumbnails (a CRC of every JPEG would cost seconds of start-up on a board; a bad
+    /// one is refused when asked for). Damaged slots are kept in the quarantine file, then
+    /// cleared so searches skip them.
     fn scan(dir: &Path, h: &Header, maps: &mut Maps) -> Report {
         let ss = h.slot_size as usize;
-        let mut r = Report {
-            capacity: h.capacity,
-            ..Default::default()
-        };
+        let mut r = Report::new(h.capacity);
         let mut bad = Vec::new();
         for i in 0..h.capacity {
             let off = HEADER_SIZE + i as usize * ss;
-            match check_slot(&maps.index[off..off + ss], i, h) {
-                None => {}
-                Some(Ok(valid)) => {
-                    r.entries += 1;
-                    maps.head = maps.head.max(valid.0.seq);
-                }
-                Some(Err(())) => {
-                    r.corrupt += 1;
-                    if r.corrupt_slots.len() < 100 {
-                        r.corrupt_slots.push(i);
+            match r.tally(i, &maps.index[off..off + ss], h, None) {
+                Seen::Empty => {}
+                Seen::Valid(seq) => maps.head = maps.head.max(seq),
+                Seen::Corrupt(damage) => {
+                    if bad.len() < 5 {
+                        log::warn!("{}: slot {i}: {damage}", dir.display());
                     }
                     bad.push(i);
                 }
@@ -583,7 +492,7 @@ impl Index {
             embedding: q,
         };
         let mut bytes = vec![0u8; self.header.slot_size as usize];
-        encode_slot(&entry, thumb.len() as u32, crc32(thumb), &mut bytes);
+        slot::encode(&entry, thumb.len() as u32, crc32(thumb), &mut bytes);
         let toff = slot as usize * self.header.thumb_slot as usize;
         maps.thumbs[toff..toff + thumb.len()].copy_from_slice(thumb);
         let off = HEADER_SIZE + slot as usize * bytes.len();
@@ -630,11 +539,27 @@ impl Index {
 
     /// The entry with sequence number `seq`, if still in the ring and valid.
     pub fn get(&self, seq: u64) -> Option<Entry> {
-        self.get_with_thumb(seq).map(|(e, _)| e)
+        self.valid(seq, |_, slot| slot).map(|(e, _)| e)
     }
 
     /// The entry and its thumbnail (None for the thumbnail when it fails its checksum).
     pub fn get_with_thumb(&self, seq: u64) -> Option<(Entry, Option<Vec<u8>>)> {
+        let thumb_slot = self.header.thumb_slot as usize;
+        self.valid(seq, |maps, (slot, thumb_len, thumb_crc)| {
+            let toff = slot as usize * thumb_slot;
+            let len = (thumb_len as usize).min(thumb_slot);
+            let t = &maps.thumbs[toff..toff + len];
+            (crc32(t) == thumb_crc && len > 0).then(|| t.to_vec())
+        })
+    }
+
+    /// The valid entry `seq` (None when it left the ring or its slot is damaged), and what
+    /// `more` reads beside it under the same lock from (slot number, thumbnail length, CRC).
+    fn valid<T>(
+        &self,
+        seq: u64,
+        more: impl FnOnce(&Maps, (u64, u32, u32)) -> T,
+    ) -> Option<(Entry, T)> {
         if seq == 0 {
             return None;
         }
@@ -642,17 +567,14 @@ impl Index {
         let slot = (seq - 1) % self.header.capacity;
         let ss = self.header.slot_size as usize;
         let off = HEADER_SIZE + slot as usize * ss;
-        match decode_slot(&maps.index[off..off + ss], self.header.dim as usize) {
+        match slot::decode(&maps.index[off..off + ss], self.header.dim as usize) {
             Slot::Valid {
                 entry,
                 thumb_len,
                 thumb_crc,
             } if entry.seq == seq => {
-                let toff = slot as usize * self.header.thumb_slot as usize;
-                let len = (thumb_len as usize).min(self.header.thumb_slot as usize);
-                let t = &maps.thumbs[toff..toff + len];
-                let thumb = (crc32(t) == thumb_crc && len > 0).then(|| t.to_vec());
-                Some((entry, thumb))
+                let extra = more(&maps, (slot, thumb_len, thumb_crc));
+                Some((entry, extra))
             }
             _ => None,
         }
@@ -671,15 +593,13 @@ impl Index {
             .context(format_args!("reading {}", ipath.display()))?;
         let h = Header::decode(&head[..got]).context(format_args!("{}", ipath.display()))?;
         let thumbs = File::open(dir.join("thumbs.ml")).ok();
-        let thumb = |off: u64, len: usize| -> Option<Vec<u8>> {
+        let thumb_crc = |off: u64, len: usize| -> Option<u32> {
             let mut b = vec![0u8; len];
             thumbs.as_ref()?.read_exact_at(&mut b, off).ok()?;
-            Some(b)
+            Some(crc32(&b))
         };
-        let mut r = Report {
-            capacity: h.capacity,
-            ..Default::default()
-        };
+        let mut r = Report::new(h.capacity);
+        r.bad_thumbs = Some(0);
         let mut slot = vec![0u8; h.slot_size as usize];
         for i in 0..h.capacity {
             let n = read_full(&mut reader, &mut slot)
@@ -688,7 +608,7 @@ impl Index {
                 r.truncated_from(i);
                 break;
             }
-            r.tally(i, &slot, &h, &thumb);
+            r.tally(i, &slot, &h, Some(&thumb_crc));
         }
         r.quarantined = quarantine::slots(dir).len() as u64;
         Ok(r)
@@ -700,32 +620,16 @@ impl Index {
     }
 }
 
-/// What recovery makes of slot `i`: `None` empty, `Ok` a valid entry (with its thumbnail
-/// length and CRC), `Err` corrupt. Shared by every open and by `verify`.
-fn check_slot(b: &[u8], i: u64, h: &Header) -> Option<std::result::Result<(Entry, u32, u32), ()>> {
-    match decode_slot(b, h.dim as usize) {
-        Slot::Empty => None,
-        Slot::Valid {
-            entry,
-            thumb_len,
-            thumb_crc,
-        } if (entry.seq - 1) % h.capacity == i => Some(Ok((entry, thumb_len, thumb_crc))),
-        _ => Some(Err(())),
-    }
-}
-
 /// Check the bytes of an index file and its thumbnail file: the slot checks of every open,
 /// as a pure function (fuzzed by `tests/fuzz`). Never panics, whatever the bytes.
 pub fn verify_bytes(bytes: &[u8], thumbs: &[u8]) -> Result<Report> {
     let h = Header::decode(bytes)?;
     let ss = h.slot_size as usize;
-    let mut r = Report {
-        capacity: h.capacity,
-        ..Default::default()
-    };
-    let thumb = |off: u64, len: usize| -> Option<Vec<u8>> {
+    let mut r = Report::new(h.capacity);
+    r.bad_thumbs = Some(0);
+    let thumb_crc = |off: u64, len: usize| -> Option<u32> {
         let off = usize::try_from(off).ok()?;
-        thumbs.get(off..off.checked_add(len)?).map(<[u8]>::to_vec)
+        thumbs.get(off..off.checked_add(len)?).map(crc32)
     };
     for i in 0..h.capacity {
         let off = HEADER_SIZE + i as usize * ss;
@@ -733,7 +637,7 @@ pub fn verify_bytes(bytes: &[u8], thumbs: &[u8]) -> Result<Report> {
             r.truncated_from(i);
             break;
         }
-        r.tally(i, &bytes[off..off + ss], &h, &thumb);
+        r.tally(i, &bytes[off..off + ss], &h, Some(&thumb_crc));
     }
     Ok(r)
 }
@@ -752,29 +656,47 @@ fn read_full(r: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usiz
     Ok(n)
 }
 
+/// What [`Report::tally`] found in one slot, for a caller that acts on it.
+enum Seen {
+    Empty,
+    Valid(u64),
+    Corrupt(slot::Damage),
+}
+
+/// Reads the CRC-32 of `len` thumbnail bytes at `offset` (None: they cannot be read).
+type ThumbCrc<'a> = &'a dyn Fn(u64, usize) -> Option<u32>;
+
 impl Report {
-    /// The checks of one slot, `thumb(offset, len)` reading its thumbnail bytes.
-    fn tally(
-        &mut self,
-        i: u64,
-        slot: &[u8],
-        h: &Header,
-        thumb: &impl Fn(u64, usize) -> Option<Vec<u8>>,
-    ) {
-        match check_slot(slot, i, h) {
-            None => {}
-            Some(Err(())) => {
+    fn new(capacity: u64) -> Report {
+        Report {
+            capacity,
+            ..Default::default()
+        }
+    }
+
+    /// The checks of one slot, counted; with `thumb_crc`, its thumbnail's too.
+    fn tally(&mut self, i: u64, bytes: &[u8], h: &Header, thumb_crc: Option<ThumbCrc>) -> Seen {
+        match slot::check(bytes, i, h) {
+            Slot::Empty => Seen::Empty,
+            Slot::Corrupt(damage) => {
                 self.corrupt += 1;
                 if self.corrupt_slots.len() < 100 {
                     self.corrupt_slots.push(i);
                 }
+                Seen::Corrupt(damage)
             }
-            Some(Ok((_, thumb_len, thumb_crc))) => {
-                let ok = thumb_len <= h.thumb_slot
-                    && thumb(i * h.thumb_slot as u64, thumb_len as usize)
-                        .is_some_and(|t| crc32(&t) == thumb_crc);
+            Slot::Valid {
+                entry,
+                thumb_len,
+                thumb_crc: want,
+            } => {
                 self.entries += 1;
-                self.bad_thumbs += u64::from(!ok);
+                if let (Some(read), Some(bad)) = (thumb_crc, self.bad_thumbs.as_mut()) {
+                    let ok = thumb_len <= h.thumb_slot
+                        && read(i * h.thumb_slot as u64, thumb_len as usize) == Some(want);
+                    *bad += u64::from(!ok);
+                }
+                Seen::Valid(entry.seq)
             }
         }
     }
@@ -784,11 +706,5 @@ impl Report {
         self.corrupt += self.capacity - i;
         let room = 100 - self.corrupt_slots.len().min(100);
         self.corrupt_slots.extend((i..self.capacity).take(room));
-    }
-}
-
-impl From<Error> for std::io::Error {
-    fn from(e: Error) -> Self {
-        std::io::Error::other(e.to_string())
     }
 }

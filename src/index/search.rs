@@ -8,7 +8,8 @@
 //! The best k are kept in a fixed-capacity heap (`heapless`): memory does not grow with k
 //! requests or the index size.
 
-use super::{Header, Index, SLOT_FIXED};
+use super::slot::SlotView;
+use super::{Header, Index};
 use core::cmp::Ordering;
 use heapless::binary_heap::{BinaryHeap, Min};
 
@@ -91,14 +92,13 @@ fn scan(slots: &[u8], header: &Header, query: &Query, k: usize, filter: &Filter,
     let dim = header.dim as usize;
     let ss = header.slot_size as usize;
     let filtered = filter != &Filter::default();
-    for slot in slots.chunks_exact(ss).take(header.capacity as usize) {
-        let seq = u64::from_le_bytes(slot[0..8].try_into().expect("8"));
-        if seq == 0 || (filtered && !passes(slot, filter)) {
+    for bytes in slots.chunks_exact(ss).take(header.capacity as usize) {
+        let slot = SlotView::new(bytes, dim);
+        let seq = slot.seq();
+        if seq == 0 || (filtered && !passes(&slot, filter)) {
             continue;
         }
-        let scale = f32::from_le_bytes(slot[16..20].try_into().expect("4"));
-        let emb: &[i8] = as_i8(&slot[SLOT_FIXED..SLOT_FIXED + dim]);
-        let score = dot_i16_i8(&query.q, emb) as f32 * (scale * query.scale);
+        let score = dot_i16_i8(&query.q, slot.embedding()) as f32 * (slot.scale() * query.scale);
         let item = Scored(score, seq);
         if heap.len() < k {
             let _ = heap.push(item);
@@ -149,23 +149,15 @@ pub fn top_k(slots: &[u8], header: &Header, query: &[f32], k: usize, filter: &Fi
     hits
 }
 
-fn as_i8(b: &[u8]) -> &[i8] {
-    // SAFETY: `[u8]` and `[i8]` have the same size and alignment; the result borrows `b`.
-    unsafe { std::slice::from_raw_parts(b.as_ptr() as *const i8, b.len()) }
-}
-
-fn passes(slot: &[u8], f: &Filter) -> bool {
-    let ts = i64::from_le_bytes(slot[8..16].try_into().expect("8"));
+fn passes(slot: &SlotView, f: &Filter) -> bool {
+    let ts = slot.ts_ms();
     if f.since_ms.is_some_and(|s| ts < s) || f.until_ms.is_some_and(|u| ts > u) {
         return false;
     }
-    if let Some(src) = &f.source {
-        let n = (slot[28] as usize).min(super::SOURCE_MAX);
-        if &slot[32..32 + n] != src.as_bytes() {
-            return false;
-        }
-    }
-    true
+    // the stored source is cut to its field; so is the one asked for (slot::fit)
+    f.source.as_ref().is_none_or(|src| {
+        slot.source_bytes() == super::slot::fit(src, super::SOURCE_MAX).as_bytes()
+    })
 }
 
 impl Index {

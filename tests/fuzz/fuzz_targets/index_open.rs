@@ -3,7 +3,7 @@
 //! valid header is prepended half of the time so the slot parser gets exercised too.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use moonlens::index::{slot_size, verify_bytes, Header, HEADER_SIZE};
+use moonlens::index::{slot, verify_bytes, Header, HEADER_SIZE};
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 2 {
@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = verify_bytes(a, thumbs);
     } else {
         let dim = 1 + (data[1] as usize % 64);
-        let h = Header { dim: dim as u32, capacity: 1 + (a.len() / slot_size(dim)) as u64, slot_size: slot_size(dim) as u32, thumb_slot: 64, bundle_id: [0; 32], created_ms: 0 };
+        let h = Header { dim: dim as u32, capacity: 1 + (a.len() / slot::size(dim)) as u64, slot_size: slot::size(dim) as u32, thumb_slot: 64, bundle_id: [0; 32], created_ms: 0 };
         let mut file = h.encode().to_vec();
         assert_eq!(file.len(), HEADER_SIZE);
         file.extend_from_slice(a);

@@ -1,0 +1,166 @@
+//! Replies: a typed [`Response`] to the bytes of one reply, in the request's form; `+MATCH`
+//! pushes. A hit is rendered by one function per form ([`hit_human`], [`hit_json`]) for
+//! `+HIT` and `+MATCH` alike.
+
+use super::{Form, HitView, Response, Style, HELP};
+use serde_json::{json, Value};
+use std::fmt::Write as _;
+
+/// RFC 3339 UTC time of a unix timestamp in milliseconds.
+pub fn rfc3339(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, sod) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // civil-from-days (proleptic Gregorian), after H. Hinnant's published algorithm
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60,
+        ms.rem_euclid(1000)
+    )
+}
+
+pub fn base64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut s = String::with_capacity(data.len().div_ceil(3) * 4);
+    for c in data.chunks(3) {
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                s.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                s.push('=');
+            }
+        }
+    }
+    s
+}
+
+/// A hit's fields in the human form: `ID SCORE TIME SOURCE LABEL`.
+pub fn hit_human(h: &HitView) -> String {
+    format!(
+        "{} {:.4} {} {} {}",
+        h.id,
+        h.score,
+        rfc3339(h.ts_ms),
+        clean(&h.source),
+        clean(&h.label)
+    )
+}
+
+/// A hit as a JSON object.
+pub fn hit_json(h: &HitView) -> Value {
+    json!({"id": h.id, "score": (h.score as f64 * 1e4).round() / 1e4, "ts": rfc3339(h.ts_ms),
+           "source": h.source, "label": h.label})
+}
+
+/// Human-form text fields never contain a newline (labels come from file names).
+fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// The bytes to send for `resp`, newline-terminated.
+pub fn render(form: &Form, resp: &Response) -> String {
+    match form {
+        Form::Json { id } => {
+            let mut v = match resp {
+                Response::Hits { hits, ms } => {
+                    json!({"ok": true, "hits": hits.iter().map(hit_json).collect::<Vec<_>>(), "ms": (ms * 100.0).round() / 100.0})
+                }
+                Response::Status(s) => {
+                    let mut v = serde_json::to_value(s).expect("plain struct");
+                    v["ok"] = json!(true);
+                    v
+                }
+                Response::Thumb { id, jpeg } => {
+                    json!({"ok": true, "frame": id, "mime": "image/jpeg", "thumb": base64(jpeg)})
+                }
+                Response::WatchAdded { n } => json!({"ok": true, "watch": n}),
+                Response::Watches(w) => {
+                    json!({"ok": true, "watches": w.iter().map(|(n, t)| json!({"watch": n, "text": t})).collect::<Vec<_>>()})
+                }
+                Response::Done => json!({"ok": true}),
+                Response::Help => json!({"ok": true, "help": HELP}),
+                Response::Error(e) => json!({"ok": false, "error": e}),
+            };
+            v.as_object_mut()
+                .expect("object")
+                .insert("id".into(), id.clone());
+            let mut s = v.to_string();
+            s.push('\n');
+            s
+        }
+        Form::Human => {
+            let mut s = String::new();
+            match resp {
+                Response::Hits { hits, ms } => {
+                    for h in hits {
+                        let _ = writeln!(s, "+HIT {}", hit_human(h));
+                    }
+                    let _ = writeln!(s, "OK {} hits {:.1} ms", hits.len(), ms);
+                }
+                Response::Status(x) => {
+                    // the struct's fields in declaration order (serde_json keeps the order)
+                    s.push_str("+STATUS");
+                    let fields = serde_json::to_value(x).expect("plain struct");
+                    for (k, v) in fields.as_object().expect("a struct is an object") {
+                        match v {
+                            Value::String(t) => write!(s, " {k}={}", clean(t)),
+                            other => write!(s, " {k}={other}"),
+                        }
+                        .expect("writing to a String");
+                    }
+                    s.push_str("\nOK\n");
+                }
+                Response::Thumb { id, jpeg } => {
+                    let _ = writeln!(s, "+THUMB {id} image/jpeg {} {}", jpeg.len(), base64(jpeg));
+                    s.push_str("OK\n");
+                }
+                Response::WatchAdded { n } => {
+                    let _ = writeln!(s, "OK watch {n}");
+                }
+                Response::Watches(w) => {
+                    for (n, t) in w {
+                        let _ = writeln!(s, "+WATCH {n} {}", clean(t));
+                    }
+                    s.push_str("OK\n");
+                }
+                Response::Done => s.push_str("OK\n"),
+                Response::Help => {
+                    for l in HELP {
+                        let _ = writeln!(s, "+HELP {l}");
+                    }
+                    s.push_str("OK\n");
+                }
+                Response::Error(e) => {
+                    let _ = writeln!(s, "ERROR {}", clean(e));
+                }
+            }
+            s
+        }
+    }
+}
+
+/// An unsolicited `+MATCH` push for a watch, in both forms.
+pub fn render_match(style: Style, watch: u32, hit: &HitView) -> String {
+    match style {
+        Style::Json => format!(
+            "{}\n",
+            json!({"event": "match", "watch": watch, "hit": hit_json(hit)})
+        ),
+        Style::Human => format!("+MATCH {watch} {}\n", hit_human(hit)),
+    }
+}

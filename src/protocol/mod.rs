@@ -1,0 +1,314 @@
+//! The query protocol: bytes in, typed [`Request`]s out ([`parse`]); typed [`Response`]s in,
+//! bytes out ([`emit`]). No I/O, no model: pure functions, fuzzed (`moonlens-host fuzz
+//! protocol`), documented in `docs/protocol.md`. This module holds the types both sides
+//! share and the line framing.
+//!
+//! Two forms share every transport and are chosen per line: a line starting with `{` is a
+//! JSON request and gets one JSON line back; anything else is the human form (AT/GRBL
+//! style: `+HIT …` lines, then `OK …` or `ERROR <reason>`). Lines are at most
+//! [`MAX_LINE`] bytes; [`LineBuffer`] enforces that on any byte stream.
+
+pub mod emit;
+pub mod parse;
+
+pub use emit::{base64, render, render_match, rfc3339};
+pub use parse::parse;
+
+use serde_json::Value;
+
+pub const MAX_LINE: usize = 4096;
+pub const DEFAULT_K: usize = 5;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Search {
+        text: String,
+        k: usize,
+        since_s: Option<u64>,
+        source: Option<String>,
+    },
+    Similar {
+        id: u64,
+        k: usize,
+    },
+    Thumb {
+        id: u64,
+    },
+    Status,
+    WatchAdd {
+        text: String,
+    },
+    WatchList,
+    WatchDel {
+        n: u32,
+    },
+    Help,
+}
+
+/// How to answer: the human form, or JSON echoing the request's `id`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Form {
+    Human,
+    Json { id: Value },
+}
+
+/// The form of a line without a request to answer (a `+MATCH` push).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    Human,
+    Json,
+}
+
+impl Form {
+    pub fn style(&self) -> Style {
+        match self {
+            Form::Human => Style::Human,
+            Form::Json { .. } => Style::Json,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub form: Form,
+    pub cmd: Command,
+}
+
+/// A line that could not be parsed, with the form its answer must take.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParseError {
+    pub form: Form,
+    pub reason: String,
+}
+
+/// One event out of a byte stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Line {
+    Text(Vec<u8>),
+    /// A line longer than [`MAX_LINE`] was skipped (one event per long line).
+    TooLong,
+}
+
+/// Splits a byte stream into lines of at most [`MAX_LINE`] bytes, in bounded memory.
+#[derive(Debug, Default)]
+pub struct LineBuffer {
+    buf: Vec<u8>,
+    discarding: bool,
+}
+
+impl LineBuffer {
+    pub fn push(&mut self, bytes: &[u8], out: &mut Vec<Line>) {
+        for &b in bytes {
+            if b == b'\n' {
+                if self.discarding {
+                    self.discarding = false;
+                } else {
+                    let mut l = std::mem::take(&mut self.buf);
+                    if l.last() == Some(&b'\r') {
+                        l.pop();
+                    }
+                    out.push(Line::Text(l));
+                }
+                self.buf.clear();
+            } else if !self.discarding {
+                if self.buf.len() >= MAX_LINE {
+                    self.discarding = true;
+                    self.buf.clear();
+                    out.push(Line::TooLong);
+                } else {
+                    self.buf.push(b);
+                }
+            }
+        }
+    }
+}
+
+/// One search result, ready to render.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HitView {
+    pub id: u64,
+    pub score: f32,
+    pub ts_ms: i64,
+    pub source: String,
+    pub label: String,
+}
+
+/// The `status` reply. Its fields, in this order, are the reply's fields in both forms
+/// (`emit` renders them from the serialized struct: add a counter here and it is in both).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StatusView {
+    pub frames: u64,
+    pub capacity: u64,
+    pub ingested: u64,
+    pub dropped: u64,
+    pub gated: u64,
+    pub source_errors: u64,
+    pub encode_errors: u64,
+    pub store_errors: u64,
+    pub pushes_lost: u64,
+    pub source_done: bool,
+    pub model: String,
+    pub uptime_s: u64,
+    pub watches: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Response {
+    Hits { hits: Vec<HitView>, ms: f64 },
+    Status(StatusView),
+    Thumb { id: u64, jpeg: Vec<u8> },
+    WatchAdded { n: u32 },
+    Watches(Vec<(u32, String)>),
+    Done,
+    Help,
+    Error(String),
+}
+
+pub const HELP: &[&str] = &[
+    "search <text> [k=N] [since=10m] [source=S]   frames that match the text",
+    "similar <id> [k=N]                           frames like frame <id>",
+    "thumb <id>                                   the frame's JPEG thumbnail, base64",
+    "status                                       counters and model",
+    "watch add <text> | watch list | watch del <n> standing queries that push +MATCH",
+    "JSON: {\"id\":1,\"cmd\":\"search\",\"text\":\"a rabbit\",\"k\":5}  (see docs/protocol.md)",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::search::K_MAX;
+    use serde_json::json;
+
+    #[test]
+    fn human_search_with_options() {
+        let r = parse(b"search a rabbit next to the moon k=3 since=10m source=cam0").unwrap();
+        assert_eq!(
+            r.cmd,
+            Command::Search {
+                text: "a rabbit next to the moon".into(),
+                k: 3,
+                since_s: Some(600),
+                source: Some("cam0".into())
+            }
+        );
+        assert_eq!(
+            parse(b"search x k=1000").unwrap().cmd,
+            Command::Search {
+                text: "x".into(),
+                k: K_MAX,
+                since_s: None,
+                source: None
+            }
+        );
+        assert!(parse(b"search k=3").is_err());
+        assert!(parse(b"search x k=0").is_err());
+        assert!(parse(b"search x since=5y").is_err());
+    }
+
+    #[test]
+    fn json_requests_keep_their_id_even_when_wrong() {
+        let r = parse(br#"{"id":7,"cmd":"search","text":"a rabbit","k":500}"#).unwrap();
+        assert_eq!(r.form, Form::Json { id: json!(7) });
+        assert_eq!(
+            r.cmd,
+            Command::Search {
+                text: "a rabbit".into(),
+                k: K_MAX,
+                since_s: None,
+                source: None
+            }
+        );
+        let e = parse(br#"{"id":"a","cmd":"search"}"#).unwrap_err();
+        assert_eq!(e.form, Form::Json { id: json!("a") });
+        assert!(e.reason.contains("text"));
+        assert_eq!(
+            parse(b"{not json").unwrap_err().form,
+            Form::Json { id: Value::Null }
+        );
+        assert!(parse(br#"{"id":1,"cmd":"thumb","frame":-1}"#).is_err());
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(parse(b"\xff\xfe\x00binary")
+            .unwrap_err()
+            .reason
+            .contains("UTF-8"));
+        assert!(parse(b"search \x07bell").is_err());
+        assert!(parse(b"").is_err());
+        assert!(parse(b"launch missiles")
+            .unwrap_err()
+            .reason
+            .contains("unknown command"));
+        // any UTF-8 text is a query: Chinese, emoji, right-to-left
+        for q in ["兔子 月饼", "🐇🌕", "ארנב"] {
+            let line = format!("search {q}");
+            assert!(matches!(
+                parse(line.as_bytes()).unwrap().cmd,
+                Command::Search { .. }
+            ));
+        }
+    }
+
+    #[test]
+    fn long_lines_get_one_error_and_are_skipped() {
+        let mut lb = LineBuffer::default();
+        let mut out = Vec::new();
+        let mut long = vec![b'a'; MAX_LINE * 3];
+        long.extend_from_slice(b"\nstatus\r\n");
+        // arrive in awkward pieces, as on a serial line
+        for chunk in long.chunks(333) {
+            lb.push(chunk, &mut out);
+        }
+        assert_eq!(out, vec![Line::TooLong, Line::Text(b"status".to_vec())]);
+        let mut exact = vec![b'b'; MAX_LINE];
+        exact.push(b'\n');
+        out.clear();
+        lb.push(&exact, &mut out);
+        assert_eq!(out, vec![Line::Text(vec![b'b'; MAX_LINE])]);
+    }
+
+    #[test]
+    fn rfc3339_and_base64_are_right() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(rfc3339(1_795_787_045_000), "2026-11-27T13:44:05.000Z");
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    }
+
+    #[test]
+    fn renders_both_forms() {
+        let hits = vec![HitView {
+            id: 3,
+            score: 0.5,
+            ts_ms: 0,
+            source: "dir".into(),
+            label: "rabbit.png".into(),
+        }];
+        let h = render(
+            &Form::Human,
+            &Response::Hits {
+                hits: hits.clone(),
+                ms: 1.0,
+            },
+        );
+        assert_eq!(
+            h,
+            "+HIT 3 0.5000 1970-01-01T00:00:00.000Z dir rabbit.png\nOK 1 hits 1.0 ms\n"
+        );
+        let j: Value = serde_json::from_str(&render(
+            &Form::Json { id: json!(1) },
+            &Response::Hits { hits, ms: 1.0 },
+        ))
+        .unwrap();
+        assert_eq!(j["id"], 1);
+        assert_eq!(j["hits"][0]["label"], "rabbit.png");
+        assert_eq!(
+            render(&Form::Human, &Response::Error("bad\nthing".into())),
+            "ERROR bad thing\n"
+        );
+    }
+}

@@ -1,0 +1,197 @@
+//! Requests: one line of bytes to a typed [`Request`], in either form. Each field has one
+//! rule ([`k_rule`], [`since_rule`], ids), used by the human and the JSON form alike.
+
+use super::{Command, Form, ParseError, Request, DEFAULT_K};
+use crate::index::search::K_MAX;
+use serde_json::Value;
+
+fn parse_duration_s(s: &str) -> Option<u64> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().ok()?;
+    let mul = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return None,
+    };
+    n.checked_mul(mul)
+}
+
+/// `k`, the number of hits: a whole number from 1; more than [`K_MAX`] gets [`K_MAX`].
+pub fn k_rule(k: Option<u64>) -> Result<usize, String> {
+    match k {
+        Some(k) if k > 0 => Ok(k.min(K_MAX as u64) as usize),
+        _ => Err(format!("k must be a whole number 1..={K_MAX}")),
+    }
+}
+
+/// `since`, a window back from now: seconds, or a number with a unit (`90s`, `10m`, `2h`,
+/// `1d`).
+pub fn since_rule(v: &str) -> Result<u64, String> {
+    parse_duration_s(v).ok_or_else(|| format!("since={v}: use seconds or e.g. 90s, 10m, 2h, 1d"))
+}
+
+fn parse_id(v: &str) -> Result<u64, String> {
+    v.trim()
+        .parse::<u64>()
+        .map_err(|_| format!("{v:?} is not a frame id"))
+}
+
+/// Parse one line (without its newline).
+pub fn parse(line: &[u8]) -> Result<Request, ParseError> {
+    let human = |reason: String| ParseError {
+        form: Form::Human,
+        reason,
+    };
+    let text = std::str::from_utf8(line).map_err(|_| human("line is not valid UTF-8".into()))?;
+    if text.chars().any(|c| c.is_control() && c != '\t') {
+        return Err(human("line contains control characters".into()));
+    }
+    let text = text.trim();
+    if text.starts_with('{') {
+        return parse_json(text);
+    }
+    let (word, rest) = text.split_once(char::is_whitespace).unwrap_or((text, ""));
+    let rest = rest.trim();
+    let cmd = match word.to_ascii_lowercase().as_str() {
+        "" => return Err(human("empty line; type help".into())),
+        "search" | "s" => {
+            let (mut k, mut since_s, mut source) = (DEFAULT_K, None, None);
+            let mut words = Vec::new();
+            for w in rest.split_whitespace() {
+                if let Some(v) = w.strip_prefix("k=") {
+                    k = k_rule(v.parse().ok()).map_err(human)?;
+                } else if let Some(v) = w.strip_prefix("since=") {
+                    since_s = Some(since_rule(v).map_err(human)?);
+                } else if let Some(v) = w.strip_prefix("source=") {
+                    source = Some(v.to_string());
+                } else {
+                    words.push(w);
+                }
+            }
+            if words.is_empty() {
+                return Err(human(
+                    "search needs some text, e.g. search a rabbit k=5".into(),
+                ));
+            }
+            Command::Search {
+                text: words.join(" "),
+                k,
+                since_s,
+                source,
+            }
+        }
+        "similar" => {
+            let mut parts = rest.split_whitespace();
+            let id = parse_id(parts.next().unwrap_or("")).map_err(human)?;
+            let mut k = DEFAULT_K;
+            for w in parts {
+                let v = w
+                    .strip_prefix("k=")
+                    .ok_or_else(|| human(format!("unexpected {w:?}")))?;
+                k = k_rule(v.parse().ok()).map_err(human)?;
+            }
+            Command::Similar { id, k }
+        }
+        "thumb" => Command::Thumb {
+            id: parse_id(rest).map_err(human)?,
+        },
+        "status" => Command::Status,
+        "help" | "?" => Command::Help,
+        "watch" => {
+            let (sub, arg) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+            match sub {
+                "add" if !arg.trim().is_empty() => Command::WatchAdd {
+                    text: arg.trim().to_string(),
+                },
+                "list" => Command::WatchList,
+                "del" => Command::WatchDel {
+                    n: arg
+                        .trim()
+                        .parse()
+                        .map_err(|_| human("watch del needs a watch number".into()))?,
+                },
+                _ => {
+                    return Err(human(
+                        "use watch add <text> | watch list | watch del <n>".into(),
+                    ))
+                }
+            }
+        }
+        other => return Err(human(format!("unknown command {other:?}; type help"))),
+    };
+    Ok(Request {
+        form: Form::Human,
+        cmd,
+    })
+}
+
+fn parse_json(text: &str) -> Result<Request, ParseError> {
+    let v: Value = serde_json::from_str(text).map_err(|e| ParseError {
+        form: Form::Json { id: Value::Null },
+        reason: format!("invalid JSON: {e}"),
+    })?;
+    let id = v.get("id").cloned().unwrap_or(Value::Null);
+    let err = |reason: String| ParseError {
+        form: Form::Json { id: id.clone() },
+        reason,
+    };
+    let obj = v
+        .as_object()
+        .ok_or_else(|| err("request must be a JSON object".into()))?;
+    let str_field = |name: &str| -> Result<String, ParseError> {
+        match obj.get(name) {
+            Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.clone()),
+            _ => Err(err(format!("\"{name}\" must be a non-empty string"))),
+        }
+    };
+    let u64_field = |name: &str| -> Result<u64, ParseError> {
+        obj.get(name)
+            .and_then(Value::as_u64)
+            .ok_or_else(|| err(format!("\"{name}\" must be a whole number")))
+    };
+    let k = match obj.get("k") {
+        None => DEFAULT_K,
+        Some(v) => k_rule(v.as_u64()).map_err(err)?,
+    };
+    let cmd = match obj.get("cmd").and_then(Value::as_str) {
+        Some("search") => Command::Search {
+            text: str_field("text")?,
+            k,
+            since_s: match obj.get("since") {
+                None => None,
+                Some(Value::String(s)) => Some(since_rule(s).map_err(err)?),
+                Some(v) => Some(since_rule(&v.to_string()).map_err(err)?),
+            },
+            source: match obj.get("source") {
+                None => None,
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(_) => return Err(err("\"source\" must be a string".into())),
+            },
+        },
+        Some("similar") => Command::Similar {
+            id: u64_field("frame")?,
+            k,
+        },
+        Some("thumb") => Command::Thumb {
+            id: u64_field("frame")?,
+        },
+        Some("status") => Command::Status,
+        Some("help") => Command::Help,
+        Some("watch_add") => Command::WatchAdd {
+            text: str_field("text")?,
+        },
+        Some("watch_list") => Command::WatchList,
+        Some("watch_del") => Command::WatchDel {
+            n: u32::try_from(u64_field("watch")?)
+                .map_err(|_| err("\"watch\" is too large".into()))?,
+        },
+        Some(other) => return Err(err(format!("unknown cmd {other:?}"))),
+        None => return Err(err("missing \"cmd\"".into())),
+    };
+    Ok(Request {
+        form: Form::Json { id },
+        cmd,
+    })
+}
