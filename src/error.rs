@@ -4,22 +4,50 @@
 use std::fmt;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Error(String);
+pub struct Error {
+    kind: ErrorKind,
+    msg: String,
+}
+
+/// The failures a caller may act on rather than only report; everything else is `Other`.
+/// The kind survives [`Context`], so it reaches the top however much context is added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    Other,
+    /// The index was built with another model bundle (re-index into a new directory).
+    BundleMismatch,
+    /// Another process holds the index's writer lock.
+    IndexLocked,
+    /// The file system cannot hold the ring (bytes needed vs free in the message).
+    NoSpace,
+    /// Every id of the index is spent (re-index into a new directory).
+    IdsExhausted,
+}
 
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub fn new(msg: impl Into<String>) -> Self {
-        Error(msg.into())
+        Error::of(ErrorKind::Other, msg)
+    }
+    pub fn of(kind: ErrorKind, msg: impl Into<String>) -> Self {
+        Error {
+            kind,
+            msg: msg.into(),
+        }
+    }
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
     }
     pub fn message(&self) -> &str {
-        &self.0
+        &self.msg
     }
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.msg)
     }
 }
 
@@ -30,9 +58,15 @@ pub trait Context<T> {
     fn context(self, what: impl fmt::Display) -> Result<T>;
 }
 
-impl<T, E: fmt::Display> Context<T> for std::result::Result<T, E> {
+impl<T, E: fmt::Display + 'static> Context<T> for std::result::Result<T, E> {
     fn context(self, what: impl fmt::Display) -> Result<T> {
-        self.map_err(|e| Error(format!("{what}: {e}")))
+        self.map_err(|e| {
+            // our own errors keep their kind; any other error type is `Other`
+            let kind = (&e as &dyn std::any::Any)
+                .downcast_ref::<Error>()
+                .map_or(ErrorKind::Other, Error::kind);
+            Error::of(kind, format!("{what}: {e}"))
+        })
     }
 }
 

@@ -7,7 +7,7 @@
 //! ```text
 //! ingest:  source ──frame──▶ encoder.image ──embedding──▶ index.append
 //! query:   transport ──bytes──▶ protocol::parse ──Request──▶ encoder.text ──▶ index.search
-//!          transport ◀──bytes── protocol::render ◀──Response──────────────────┘
+//!          transport ◀──bytes── protocol::emit  ◀──Response──────────────────┘
 //! ```
 //!
 //! - [`bundle`]: read and verify a model bundle (`bundle.toml`, sha256 of every file).
@@ -17,14 +17,40 @@
 //!   `encoder::rewrite` unpacks 4-bit weight blocks before tract reads a graph.
 //! - [`error`]: one error type whose messages say what to do.
 //! - [`index`]: the memory-mapped ring of quantized embeddings and thumbnails
-//!   (`src/index/FORMAT.md`), exact top-k search.
-//! - [`protocol`]: typed requests and responses parsed from bounded lines of bytes.
+//!   (`src/index/FORMAT.md`; the slot layout once, in `index::slot`), exact top-k search.
+//! - [`protocol`]: typed requests parsed from bounded lines of bytes (`protocol::parse`),
+//!   typed replies rendered in the request's form (`protocol::emit`).
 //! - [`source`]: frame sources (V4L2, a directory replay, a fault injector for tests).
 //! - [`daemon`]: ingest, transports (socket, serial, console), watches.
 //! - `host` (feature `host`, workstation only): offline training of the projection heads
 //!   (`host::train`, hand-written gradients), distillation of a multilingual text tower
 //!   (`host::train::distill`), export to a bundle (`host::export`), features cache,
 //!   evaluation, contact sheets and benchmarks.
+//!
+//! ## In code
+//!
+//! The embedded default bundle, a fresh index, one frame in and one query out (what the
+//! daemon does for every frame and every `search` line):
+//!
+//! ```
+//! use moonlens::{bundle::Bundle, encoder::Encoder, index::Index};
+//! use moonlens::index::search::Filter;
+//! # fn main() -> moonlens::Result<()> {
+//! let bundle = Bundle::open(concat!(env!("CARGO_MANIFEST_DIR"), "/models/default"))?;
+//! let encoder = Encoder::load(&bundle)?;
+//! let dir = std::env::temp_dir().join(format!("moonlens-doc-{}", std::process::id()));
+//! # let _ = std::fs::remove_dir_all(&dir);
+//! let index = Index::open_or_create(&dir, encoder.dim(), 100, bundle.id)?;
+//! let rabbit = concat!(env!("CARGO_MANIFEST_DIR"), "/models/samples/rabbit.png");
+//! let frame = image::open(rabbit).expect("a sample frame");
+//! let id = index.append(0, "cam0", "rabbit.png", &encoder.embed_image(&frame)?, &[])?;
+//! let hits = index.search(&encoder.embed_text("a rabbit")?, 5, &Filter::default());
+//! assert_eq!(hits[0].seq, id);
+//! # drop(index);
+//! # std::fs::remove_dir_all(&dir).ok();
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! ```text
 //! training:     pairs ──▶ host::features (frozen towers, cached) ──▶ host::train ──heads──▶
@@ -45,4 +71,4 @@ pub mod index;
 pub mod protocol;
 pub mod source;
 
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};

@@ -13,7 +13,7 @@
 use super::train::head::{Head, LN_EPS};
 use super::train::store::Heads;
 use super::train::ImageInput;
-use crate::bundle::{sha256_file, Bundle};
+use crate::bundle::{sha256_file, Bundle, Manifest};
 use crate::error::{Context, Error, Result};
 use prost::Message;
 use std::path::Path;
@@ -393,12 +393,13 @@ pub fn export(heads: &Heads, base: &Bundle, out: &Path, int8: bool, mix: f64) ->
     );
     manifest.dim = c.dim + mix_arg.map_or(0, |(_, d)| d);
     manifest.description = format!(
-        "trained projection heads on {} image features and MiniLM sentence embeddings, over {}",
+        "trained projection heads on {} image features and {} sentence embeddings, over {}",
         if kind == "raw" {
-            "EfficientNet-Lite0 pooled"
+            backbone(m, "image_backbone")
         } else {
-            "bridge"
+            "bridge".into()
         },
+        backbone(m, "text_backbone"),
         m.name
     );
     manifest.image.file = "image.onnx".into();
@@ -408,11 +409,7 @@ pub fn export(heads: &Heads, base: &Bundle, out: &Path, int8: bool, mix: f64) ->
     manifest.text.file = "text.onnx".into();
     manifest.text.output = "embedding".into();
     manifest.text.tokenizer = "tokenizer.json".into();
-    let best = heads
-        .info
-        .history
-        .iter()
-        .find(|e| e.epoch == heads.info.best_epoch);
+    let best = heads.info.best();
     let mut t = toml::Table::new();
     t.insert("image_input".into(), kind.into());
     t.insert("dim".into(), (c.dim as i64).into());
@@ -435,13 +432,34 @@ pub fn export(heads: &Heads, base: &Bundle, out: &Path, int8: bool, mix: f64) ->
     for f in ["image.onnx", "text.onnx", "tokenizer.json"] {
         manifest.sha256.insert(f.into(), sha256_file(&out.join(f))?);
     }
+    write_manifest(out, &manifest, "`moonlens-host export`")
+}
+
+/// Writes `out/bundle.toml` and opens the bundle (every hash verified).
+fn write_manifest(out: &Path, manifest: &Manifest, by: &str) -> Result<Bundle> {
     let text = format!(
-        "# moonlens model bundle (format 1), written by `moonlens-host export`.\n\
+        "# moonlens model bundle (format 1), written by {by}.\n\
          # See models/README.md for every field.\n{}",
-        toml::to_string(&manifest).map_err(|e| Error::new(format!("bundle.toml: {e}")))?
+        toml::to_string(manifest).map_err(|e| Error::new(format!("bundle.toml: {e}")))?
     );
     std::fs::write(out.join("bundle.toml"), text).context("writing bundle.toml")?;
     Bundle::open(out)
+}
+
+/// A short name of the base bundle's backbone: its `[provenance]` entry up to the first
+/// comma or parenthesis ("EfficientNet-Lite0 ImageNet-1k"), else the model it was converted
+/// from, else the bundle's name.
+fn backbone(m: &Manifest, key: &str) -> String {
+    let p = m.provenance.as_ref();
+    match p.and_then(|p| p.get(key).or_else(|| p.get("model"))) {
+        Some(toml::Value::String(s)) => s
+            .split([',', '('])
+            .next()
+            .unwrap_or(s.as_str())
+            .trim()
+            .into(),
+        _ => m.name.clone(),
+    }
 }
 
 /// Writes the bundle `out` = the `teacher` bundle unchanged + a `[multilingual]` text tower:
@@ -538,11 +556,7 @@ pub fn export_multilingual(
         "{}; queries in other languages through {} with a head distilled from the English tower",
         tm.description, student.manifest.name
     );
-    let best = heads
-        .info
-        .history
-        .iter()
-        .find(|e| e.epoch == heads.info.best_epoch);
+    let best = heads.info.best();
     let mut d = toml::Table::new();
     d.insert("student".into(), student.manifest.name.clone().into());
     d.insert(
@@ -573,11 +587,5 @@ pub fn export_multilingual(
             .get_or_insert_with(toml::Table::new)
             .insert("multilingual_text_backbone".into(), p.clone());
     }
-    let text = format!(
-        "# moonlens model bundle (format 1), written by `moonlens-host export --teacher`.\n\
-         # See models/README.md for every field.\n{}",
-        toml::to_string(&manifest).map_err(|e| Error::new(format!("bundle.toml: {e}")))?
-    );
-    std::fs::write(out.join("bundle.toml"), text).context("writing bundle.toml")?;
-    Bundle::open(out)
+    write_manifest(out, &manifest, "`moonlens-host export --teacher`")
 }

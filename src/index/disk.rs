@@ -49,12 +49,15 @@ pub fn lock_writer(dir: &Path) -> Result<WriterLock> {
         let mut holder = String::new();
         let _ = file.read_to_string(&mut holder);
         let holder = holder.trim();
-        crate::bail!(
-            "index {} is open for writing by another process (pid {}); stop it, or pass \
+        return Err(crate::Error::of(
+            crate::error::ErrorKind::IndexLocked,
+            format!(
+                "index {} is open for writing by another process (pid {}); stop it, or pass \
              another --index",
-            dir.display(),
-            if holder.is_empty() { "unknown" } else { holder }
-        );
+                dir.display(),
+                if holder.is_empty() { "unknown" } else { holder }
+            ),
+        ));
     }
     file.set_len(0)
         .and_then(|_| file.write_all(format!("{}\n", std::process::id()).as_bytes()))
@@ -75,13 +78,17 @@ pub fn reserve(file: &File, len: u64, path: &Path) -> Result<()> {
     match err.raw_os_error() {
         Some(libc::ENOSPC) | Some(libc::EDQUOT) | Some(libc::EFBIG) => {
             let dir = path.parent().unwrap_or(Path::new("."));
-            crate::bail!(
-                "{}: the index needs {len} bytes on disk and {} has {} free; free some space or \
-                 lower --capacity",
-                path.display(),
-                dir.display(),
-                free_bytes(dir).map_or("an unknown number of bytes".into(), |b| b.to_string())
-            )
+            let free =
+                free_bytes(dir).map_or("an unknown number of bytes".into(), |b| b.to_string());
+            Err(crate::Error::of(
+                crate::error::ErrorKind::NoSpace,
+                format!(
+                    "{}: the index needs {len} bytes on disk and {} has {free} free; free some \
+                     space or lower --capacity",
+                    path.display(),
+                    dir.display(),
+                ),
+            ))
         }
         Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => {
             log::warn!(

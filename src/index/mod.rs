@@ -253,13 +253,16 @@ impl Index {
         }
         let idx = Self::open_locked(dir, lock)?;
         if idx.header.bundle_id != bundle_id {
-            crate::bail!(
+            return Err(crate::Error::of(
+    crate::error::ErrorKind::BundleMismatch,
+    format!(
                 "index {} was built with another model bundle ({}…, this one is {}…); its embeddings \
                  cannot be mixed: move the directory away (or pass another --index) to re-index",
                 dir.display(),
                 &crate::bundle::hex(&idx.header.bundle_id)[..12],
                 &crate::bundle::hex(&bundle_id)[..12]
-            );
+            ),
+));
         }
         if idx.header.dim as usize != dim {
             crate::bail!(
@@ -476,11 +479,14 @@ impl Index {
         let mut maps = self.maps.write().expect("index lock");
         // a slot may carry any valid seq (a copied or crafted file): never wrap to 0
         let Some(seq) = maps.head.checked_add(1) else {
-            crate::bail!(
-                "index {} has used every id up to {}: re-index into a new directory",
-                self.dir.display(),
-                maps.head
-            );
+            return Err(crate::Error::of(
+                crate::error::ErrorKind::IdsExhausted,
+                format!(
+                    "index {} has used every id up to {}: re-index into a new directory",
+                    self.dir.display(),
+                    maps.head
+                ),
+            ));
         };
         let slot = (seq - 1) % self.header.capacity;
         let entry = Entry {

@@ -22,7 +22,6 @@ pub struct FaultSource<S> {
     inner: S,
     faults: Faults,
     n: u64,
-    pub injected: u64,
 }
 
 impl<S: FrameSource> FaultSource<S> {
@@ -31,7 +30,6 @@ impl<S: FrameSource> FaultSource<S> {
             inner,
             faults,
             n: 0,
-            injected: 0,
         }
     }
 }
@@ -55,7 +53,6 @@ impl<S: FrameSource> FrameSource for FaultSource<S> {
             let n = self.n;
             if let Some((a, b)) = self.faults.outage {
                 if (a..=b).contains(&n) {
-                    self.injected += 1;
                     return Next::Failed(format!("injected: device vanished (frame {n})"));
                 }
             }
@@ -67,11 +64,9 @@ impl<S: FrameSource> FrameSource for FaultSource<S> {
                 return next;
             };
             if every(n, self.faults.drop_every) {
-                self.injected += 1;
                 continue;
             }
             if every(n, self.faults.corrupt_every) {
-                self.injected += 1;
                 // what a camera's torn MJPEG buffer looks like to the decoder
                 let garbage = [0xFF, 0xD8, 0xFF, 0xDB, 0x00, 0x43, 0x13, 0x37];
                 return match convert::mjpeg_to_rgb(&garbage) {

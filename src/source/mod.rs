@@ -55,17 +55,6 @@ pub struct SourceOptions {
     pub looping: bool,
 }
 
-impl Default for SourceOptions {
-    fn default() -> Self {
-        SourceOptions {
-            fps: 2.0,
-            width: 640,
-            height: 480,
-            looping: false,
-        }
-    }
-}
-
 /// `v4l:/dev/videoN` or `dir:PATH`.
 pub fn open(spec: &str, opts: &SourceOptions) -> Result<Box<dyn FrameSource>> {
     if let Some(path) = spec.strip_prefix("dir:") {

@@ -21,7 +21,7 @@
 use super::head::Head;
 use super::linalg::{Mat, Rng};
 use super::store::{self, HeadsInfo, Teacher};
-use super::{adamw, check_val_loss, check_weights, embed, loss, Config, Epoch, Plateau, Verdict};
+use super::{adamw, embed, epochs, loss, Config, Epoch};
 use crate::bundle::Bundle;
 use crate::encoder::{Encoder, Outputs};
 use crate::error::Result;
@@ -103,55 +103,65 @@ pub fn distill(
     train: &Rows,
     val: &Rows,
     cfg: &Config,
-    mut on_epoch: impl FnMut(&Epoch),
+    on_epoch: impl FnMut(&Epoch),
 ) -> Result<Distilled> {
     if train.inputs.is_empty() || val.inputs.is_empty() {
         crate::bail!("need training and validation lines");
     }
-    let dim = train.targets[0].len();
     let mut rng = Rng::new(cfg.seed);
-    let mut head = Head::new(train.inputs[0].len(), dim, cfg.blocks, &mut rng);
-    let mut opt = adamw::AdamW::new(cfg.lr, cfg.weight_decay);
-    let (first_val, _) = evaluate(&head, val, cfg);
-    let mut best = (head.clone(), 0usize);
-    let mut plateau = Plateau::new();
-    let mut history = Vec::new();
-    let mut order: Vec<usize> = (0..train.inputs.len()).collect();
-    for epoch in 1..=cfg.max_epochs {
-        rng.shuffle(&mut order);
-        let mut sum = 0.0;
-        for chunk in order.chunks(cfg.batch.max(1)) {
-            let (x, t) = batch(train, chunk);
-            let (out, tape) = head.forward(&x, Some((cfg.dropout, &mut rng)));
-            let (l, d_out) = loss::cosine_distance(&out, &t);
-            if !l.is_finite() {
-                crate::bail!(
-                    "distillation diverged in epoch {epoch}: the loss is {l}; try a lower --lr \
-                     (now {}); no head was written",
-                    opt.lr
-                );
-            }
-            let g = head.backward(&tape, &d_out);
-            opt.step(&mut [&mut head], &[&g]);
-            sum += l * chunk.len() as f64;
-        }
-        check_weights(&[&head], epoch, opt.lr)?;
-        let (val_loss, r) = evaluate(&head, val, cfg);
-        check_val_loss(val_loss, first_val, epoch, opt.lr)?;
-        let e = Epoch::new(epoch, sum / order.len() as f64, val_loss, opt.lr, r);
-        on_epoch(&e);
-        history.push(e);
-        match plateau.observe(val_loss, epoch, cfg, &mut opt) {
-            Verdict::Best => best = (head.clone(), epoch),
-            Verdict::Worse => {}
-            Verdict::Stop => break,
-        }
-    }
+    let dim = train.targets[0].len();
+    let head = Head::new(train.inputs[0].len(), dim, cfg.blocks, &mut rng);
+    let task = Towards { train, val, cfg };
+    let fitted = epochs::fit(&task, head, cfg, &mut rng, on_epoch)?;
     Ok(Distilled {
-        head: best.0,
-        history,
-        best_epoch: best.1,
+        head: fitted.model,
+        history: fitted.history,
+        best_epoch: fitted.best_epoch,
     })
+}
+
+/// One head pulled towards the teacher's embeddings by cosine distance.
+struct Towards<'a> {
+    train: &'a Rows,
+    val: &'a Rows,
+    cfg: &'a Config,
+}
+
+impl epochs::Fit for Towards<'_> {
+    type Model = Head;
+
+    fn rows(&self) -> usize {
+        self.train.inputs.len()
+    }
+
+    fn step(
+        &self,
+        head: &mut Head,
+        chunk: &[usize],
+        rng: &mut Rng,
+        opt: &mut adamw::AdamW,
+    ) -> Option<f64> {
+        let (x, t) = batch(self.train, chunk);
+        let (out, tape) = head.forward(&x, Some((self.cfg.dropout, rng)));
+        let (l, d_out) = loss::cosine_distance(&out, &t);
+        if l.is_finite() {
+            let g = head.backward(&tape, &d_out);
+            opt.step(&mut [head], &[&g]);
+        }
+        Some(l)
+    }
+
+    fn heads<'m>(&self, head: &'m Head) -> Vec<&'m Head> {
+        vec![head]
+    }
+
+    fn evaluate(&self, head: &Head) -> (f64, [f64; 3]) {
+        evaluate(head, self.val, self.cfg)
+    }
+
+    fn diverged_hint(&self, lr: f64) -> String {
+        format!("try a lower --lr (now {lr}); no head was written")
+    }
 }
 
 /// The `distill` command: parallel files → teacher targets and student inputs (cached) →

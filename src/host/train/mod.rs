@@ -16,6 +16,7 @@
 pub mod adamw;
 pub mod command;
 pub mod distill;
+mod epochs;
 pub mod head;
 pub mod linalg;
 pub mod loss;
@@ -25,9 +26,6 @@ use super::features::{Features, VIEWS};
 use crate::error::Result;
 use head::Head;
 use linalg::{Mat, Rng};
-
-/// Largest parameter magnitude a run may reach before it counts as diverged.
-const MAX_WEIGHT: f64 = 1e4;
 
 /// Which image features the image head reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -200,172 +198,101 @@ impl Epoch {
     }
 }
 
-/// Early stopping and learning-rate reduction on the validation loss (`train`, `distill`).
-struct Plateau {
-    best: f64,
-    since_best: usize,
-    since_lr: usize,
-}
-
-enum Verdict {
-    /// the best validation loss so far: keep these weights
-    Best,
-    Worse,
-    /// `patience` epochs without a better one
-    Stop,
-}
-
-impl Plateau {
-    fn new() -> Plateau {
-        Plateau {
-            best: f64::INFINITY,
-            since_best: 0,
-            since_lr: 0,
-        }
-    }
-
-    fn observe(
-        &mut self,
-        val_loss: f64,
-        epoch: usize,
-        cfg: &Config,
-        opt: &mut adamw::AdamW,
-    ) -> Verdict {
-        if val_loss < self.best - 1e-6 {
-            *self = Plateau {
-                best: val_loss,
-                since_best: 0,
-                since_lr: 0,
-            };
-            return Verdict::Best;
-        }
-        self.since_best += 1;
-        self.since_lr += 1;
-        if self.since_best >= cfg.patience {
-            log::info!(
-                "early stop after epoch {epoch}: no better validation loss for {} epochs",
-                self.since_best
-            );
-            return Verdict::Stop;
-        }
-        if self.since_lr >= cfg.lr_patience {
-            opt.lr *= cfg.lr_factor;
-            self.since_lr = 0;
-            log::info!(
-                "validation loss on a plateau: learning rate now {:.2e}",
-                opt.lr
-            );
-        }
-        Verdict::Worse
-    }
-}
-
-/// Refuses a run whose weights ran away: healthy heads keep weights of order one, and
-/// runaway steps blow them up long before the (normalized, bounded) loss shows it.
-fn check_weights(heads: &[&Head], epoch: usize, lr: f64) -> Result<()> {
-    let mut largest = 0f64;
-    for h in heads {
-        h.visit(&mut |p| {
-            largest = p.iter().fold(largest, |m, v| {
-                if v.is_finite() {
-                    m.max(v.abs())
-                } else {
-                    f64::INFINITY
-                }
-            })
-        });
-    }
-    if largest > MAX_WEIGHT {
-        crate::bail!(
-            "training diverged in epoch {epoch}: a weight reached {largest:.3e}; try a lower \
-             --lr (now {lr}); no heads were written"
-        );
-    }
-    Ok(())
-}
-
-fn check_val_loss(val_loss: f64, first_val: f64, epoch: usize, lr: f64) -> Result<()> {
-    if !val_loss.is_finite() || val_loss > 10.0 * first_val {
-        crate::bail!(
-            "training diverged in epoch {epoch}: validation loss {val_loss:.4} (it started \
-             at {first_val:.4}); try a lower --lr (now {lr}); no heads were written"
-        );
-    }
-    Ok(())
-}
-
 /// Train both heads; `on_epoch` sees each finished epoch (progress output).
 pub fn train(
     train: &Features,
     val: &Features,
     cfg: &Config,
-    mut on_epoch: impl FnMut(&Epoch),
+    on_epoch: impl FnMut(&Epoch),
 ) -> Result<Trained> {
     if train.texts < 2 || val.texts < 2 {
         crate::bail!("need at least 2 training and 2 validation pairs");
     }
+    train_split(
+        &Split::new(train, cfg.image_input),
+        &Split::new(val, cfg.image_input),
+        cfg,
+        on_epoch,
+    )
+}
+
+/// [`train`] on rows in memory.
+fn train_split(
+    tr: &Split,
+    va: &Split,
+    cfg: &Config,
+    on_epoch: impl FnMut(&Epoch),
+) -> Result<Trained> {
     if cfg.batch < 2 {
         crate::bail!("--batch must be at least 2 (the loss contrasts pairs within a batch)");
     }
-    let tr = Split::new(train, cfg.image_input);
-    let va = Split::new(val, cfg.image_input);
     let mut rng = Rng::new(cfg.seed);
-    let img_in = tr.images[0][0].len();
-    let txt_in = tr.texts[0].len();
-    let mut text = Head::new(txt_in, cfg.dim, cfg.blocks, &mut rng);
-    let mut image = Head::new(img_in, cfg.dim, cfg.blocks, &mut rng);
-    let mut opt = adamw::AdamW::new(cfg.lr, cfg.weight_decay);
-    let (first_val, _) = evaluate(&text, &image, &va, cfg);
-    let mut best = (f64::INFINITY, text.clone(), image.clone(), 0usize);
-    let mut plateau = Plateau::new();
-    let mut history = Vec::new();
-    let mut order: Vec<usize> = (0..tr.texts.len()).collect();
-    for epoch in 1..=cfg.max_epochs {
-        rng.shuffle(&mut order);
-        let mut sum = 0.0;
-        let mut count = 0.0;
-        for chunk in order.chunks(cfg.batch) {
-            if chunk.len() < 2 {
-                continue; // a batch of one has nothing to contrast
-            }
-            let views: Vec<usize> = chunk.iter().map(|_| rng.below(VIEWS)).collect();
-            let (t, i) = tr.batch(chunk, &views);
-            let (ot, tape_t) = text.forward(&t, Some((cfg.dropout, &mut rng)));
-            let (oi, tape_i) = image.forward(&i, Some((cfg.dropout, &mut rng)));
-            let g = loss::contrastive(&ot, &oi, cfg.temperature);
-            if !g.loss.is_finite() {
-                crate::bail!(
-                    "training diverged in epoch {epoch}: the loss is {}; try a lower --lr \
-                     (now {}) or a higher --temperature (now {}); no heads were written",
-                    g.loss,
-                    opt.lr,
-                    cfg.temperature
-                );
-            }
-            let gt = text.backward(&tape_t, &g.d_text);
-            let gi = image.backward(&tape_i, &g.d_image);
-            opt.step(&mut [&mut text, &mut image], &[&gt, &gi]);
-            sum += g.loss * chunk.len() as f64;
-            count += chunk.len() as f64;
-        }
-        check_weights(&[&text, &image], epoch, opt.lr)?;
-        let (val_loss, r) = evaluate(&text, &image, &va, cfg);
-        check_val_loss(val_loss, first_val, epoch, opt.lr)?;
-        let e = Epoch::new(epoch, sum / count.max(1.0), val_loss, opt.lr, r);
-        on_epoch(&e);
-        history.push(e);
-        match plateau.observe(val_loss, epoch, cfg, &mut opt) {
-            Verdict::Best => best = (val_loss, text.clone(), image.clone(), epoch),
-            Verdict::Worse => {}
-            Verdict::Stop => break,
-        }
-    }
+    let text = Head::new(tr.texts[0].len(), cfg.dim, cfg.blocks, &mut rng);
+    let image = Head::new(tr.images[0][0].len(), cfg.dim, cfg.blocks, &mut rng);
+    let task = Contrastive { tr, va, cfg };
+    let fitted = epochs::fit(&task, (text, image), cfg, &mut rng, on_epoch)?;
+    let (text, image) = fitted.model;
     Ok(Trained {
-        text: best.1,
-        image: best.2,
-        history,
-        best_epoch: best.3,
+        text,
+        image,
+        history: fitted.history,
+        best_epoch: fitted.best_epoch,
     })
+}
+
+/// Both heads against each other with the soft-target contrastive loss.
+struct Contrastive<'a> {
+    tr: &'a Split,
+    va: &'a Split,
+    cfg: &'a Config,
+}
+
+impl epochs::Fit for Contrastive<'_> {
+    /// (text head, image head)
+    type Model = (Head, Head);
+
+    fn rows(&self) -> usize {
+        self.tr.texts.len()
+    }
+
+    fn step(
+        &self,
+        (text, image): &mut (Head, Head),
+        chunk: &[usize],
+        rng: &mut Rng,
+        opt: &mut adamw::AdamW,
+    ) -> Option<f64> {
+        if chunk.len() < 2 {
+            return None; // a batch of one has nothing to contrast
+        }
+        let views: Vec<usize> = chunk.iter().map(|_| rng.below(VIEWS)).collect();
+        let (t, i) = self.tr.batch(chunk, &views);
+        let (ot, tape_t) = text.forward(&t, Some((self.cfg.dropout, &mut *rng)));
+        let (oi, tape_i) = image.forward(&i, Some((self.cfg.dropout, &mut *rng)));
+        let g = loss::contrastive(&ot, &oi, self.cfg.temperature);
+        if !g.loss.is_finite() {
+            return Some(g.loss);
+        }
+        let gt = text.backward(&tape_t, &g.d_text);
+        let gi = image.backward(&tape_i, &g.d_image);
+        opt.step(&mut [text, image], &[&gt, &gi]);
+        Some(g.loss)
+    }
+
+    fn heads<'m>(&self, (text, image): &'m (Head, Head)) -> Vec<&'m Head> {
+        vec![text, image]
+    }
+
+    fn evaluate(&self, (text, image): &(Head, Head)) -> (f64, [f64; 3]) {
+        evaluate(text, image, self.va, self.cfg)
+    }
+
+    fn diverged_hint(&self, lr: f64) -> String {
+        format!(
+            "try a lower --lr (now {lr}) or a higher --temperature (now {}); no heads were written",
+            self.cfg.temperature
+        )
+    }
 }
 
 #[cfg(test)]
@@ -408,23 +335,14 @@ mod tests {
             max_epochs: 40,
             ..Config::default()
         };
-        let mut text = Head::new(12, 16, 1, &mut rng);
-        let mut image = Head::new(20, 16, 1, &mut rng);
-        let (before, r_before) = evaluate(&text, &image, &va, &cfg);
-        let mut opt = adamw::AdamW::new(cfg.lr, cfg.weight_decay);
-        let mut order: Vec<usize> = (0..200).collect();
-        for _ in 0..cfg.max_epochs {
-            rng.shuffle(&mut order);
-            for chunk in order.chunks(cfg.batch) {
-                let (t, i) = tr.batch(chunk, &vec![0; chunk.len()]);
-                let (ot, tt) = text.forward(&t, Some((0.1, &mut rng)));
-                let (oi, ti) = image.forward(&i, Some((0.1, &mut rng)));
-                let g = loss::contrastive(&ot, &oi, cfg.temperature);
-                let gt = text.backward(&tt, &g.d_text);
-                let gi = image.backward(&ti, &g.d_image);
-                opt.step(&mut [&mut text, &mut image], &[&gt, &gi]);
-            }
-        }
+        // chance level first: untrained heads of the same shapes
+        let mut untrained_rng = Rng::new(cfg.seed);
+        let text0 = Head::new(12, 16, 1, &mut untrained_rng);
+        let image0 = Head::new(20, 16, 1, &mut untrained_rng);
+        let (before, r_before) = evaluate(&text0, &image0, &va, &cfg);
+        let t = train_split(&tr, &va, &cfg, |_| {}).unwrap();
+        let (text, image) = (t.text, t.image);
+        assert!(t.best_epoch >= 1 && t.history.len() >= t.best_epoch);
         let (after, r_after) = evaluate(&text, &image, &va, &cfg);
         assert!(after < before * 0.7, "val loss {before} -> {after}");
         // chance R@1 on 50 items is 0.02

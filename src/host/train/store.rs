@@ -29,6 +29,13 @@ pub struct HeadsInfo {
     pub teacher: Option<Teacher>,
 }
 
+impl HeadsInfo {
+    /// The epoch whose weights were kept.
+    pub fn best(&self) -> Option<&super::Epoch> {
+        self.history.iter().find(|e| e.epoch == self.best_epoch)
+    }
+}
+
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Teacher {
     pub bundle_id: String,
