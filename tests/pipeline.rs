@@ -8,7 +8,6 @@ use moonlens::encoder::Encoder;
 use moonlens::index::Index;
 use moonlens::source::dir::DirSource;
 use moonlens::source::fault::{FaultSource, Faults};
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,7 +29,7 @@ fn samples(looping: bool, interval_ms: u64) -> DirSource {
 
 fn wait_done(s: &Shared) {
     let t0 = Instant::now();
-    while !s.source_done.load(Relaxed) {
+    while !s.source_done() {
         assert!(
             t0.elapsed() < Duration::from_secs(120),
             "ingest did not finish"
@@ -54,7 +53,7 @@ fn a_failing_source_recovers_and_queries_keep_working() {
     ingest::start(s.clone(), Box::new(src), ingest::Gates::OFF);
     // queries during ingest are answered
     let mut answered = 0;
-    while !s.source_done.load(Relaxed) {
+    while !s.source_done() {
         let (reply, _) = s.answer(b"status");
         assert!(reply.contains("+STATUS"), "{reply}");
         let (reply, _) = s.answer(b"search a rabbit k=3");
@@ -155,8 +154,8 @@ fn scans_wait_for_a_query_slot() {
     let s = shared("slots");
     ingest::start(s.clone(), Box::new(samples(false, 0)), ingest::Gates::OFF);
     wait_done(&s);
-    assert!(!s.index.is_empty());
-    let first = s.index.head() - 1;
+    assert!(!s.index().is_empty());
+    let first = s.index().head() - 1;
     // hold every slot until told to let go
     let held = Arc::new(Barrier::new(QUERY_SLOTS + 1));
     let (release, released) = mpsc::channel::<()>();

@@ -87,18 +87,20 @@ struct Subscriber {
     outbox: SyncSender<String>,
 }
 
+/// What the daemon's threads share. Its fields are the daemon's own; tests and tools see
+/// it through [`Shared::answer`], [`Shared::status`] and the accessors below.
 pub struct Shared {
-    pub encoder: Encoder,
-    pub index: Index,
-    pub source_id: String,
-    pub counters: Counters,
-    pub source_done: AtomicBool,
-    pub watches: Mutex<watch::Watches>,
+    pub(crate) encoder: Encoder,
+    pub(crate) index: Index,
+    pub(crate) source_id: String,
+    pub(crate) counters: Counters,
+    pub(crate) source_done: AtomicBool,
+    pub(crate) watches: Mutex<watch::Watches>,
     /// Held by the ingest thread while it encodes and stores one batch; a clean shutdown
     /// takes it to wait for the batch in flight ([`signals`]).
-    pub ingest_turn: Mutex<()>,
-    pub started: Instant,
-    pub clients: Arc<clients::Clients>,
+    pub(crate) ingest_turn: Mutex<()>,
+    pub(crate) started: Instant,
+    pub(crate) clients: Arc<clients::Clients>,
     subscribers: Mutex<Vec<Subscriber>>,
     next_subscriber: AtomicU64,
     slots: Slots,
@@ -125,6 +127,16 @@ impl Shared {
             next_subscriber: AtomicU64::new(1),
             slots: Slots::new(QUERY_SLOTS),
         }
+    }
+
+    /// The index frames are stored in.
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    /// Whether the frame source has ended (a replay played through; never for a camera).
+    pub fn source_done(&self) -> bool {
+        self.source_done.load(Relaxed)
     }
 
     /// Run `f` while holding one of the [`QUERY_SLOTS`] (text encoding is CPU-bound: more
