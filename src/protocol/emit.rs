@@ -1,6 +1,6 @@
 //! Replies: a typed [`Response`] to the bytes of one reply, in the request's form; `+MATCH`
-//! pushes. A hit is rendered by one function per form ([`hit_human`], [`hit_json`]) for
-//! `+HIT` and `+MATCH` alike.
+//! pushes. A hit is rendered once per form, for `+HIT` and `+MATCH` alike: [`hit_human`], and
+//! [`HitView`]'s serde form in JSON.
 
 use super::{Form, HitView, Response, Style, HELP};
 use serde_json::{json, Value};
@@ -59,10 +59,13 @@ pub fn hit_human(h: &HitView) -> String {
     )
 }
 
-/// A hit as a JSON object.
-pub fn hit_json(h: &HitView) -> Value {
-    json!({"id": h.id, "score": (h.score as f64 * 1e4).round() / 1e4, "ts": rfc3339(h.ts_ms),
-           "source": h.source, "label": h.label})
+/// A score as JSON: 4 decimals, as the human form prints it.
+pub(super) fn score4<S: serde::Serializer>(score: &f32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64((*score as f64 * 1e4).round() / 1e4)
+}
+
+pub(super) fn ts_rfc3339<S: serde::Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&rfc3339(*ms))
 }
 
 /// Human-form text fields never contain a newline (labels come from file names).
@@ -78,7 +81,7 @@ pub fn render(form: &Form, resp: &Response) -> String {
         Form::Json { id } => {
             let mut v = match resp {
                 Response::Hits { hits, ms } => {
-                    json!({"ok": true, "hits": hits.iter().map(hit_json).collect::<Vec<_>>(), "ms": (ms * 100.0).round() / 100.0})
+                    json!({"ok": true, "hits": hits, "ms": (ms * 100.0).round() / 100.0})
                 }
                 Response::Status(s) => {
                     let mut v = serde_json::to_value(s).expect("plain struct");
@@ -159,7 +162,7 @@ pub fn render_match(style: Style, watch: u32, hit: &HitView) -> String {
     match style {
         Style::Json => format!(
             "{}\n",
-            json!({"event": "match", "watch": watch, "hit": hit_json(hit)})
+            json!({"event": "match", "watch": watch, "hit": hit})
         ),
         Style::Human => format!("+MATCH {watch} {}\n", hit_human(hit)),
     }

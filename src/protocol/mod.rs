@@ -123,11 +123,14 @@ impl LineBuffer {
     }
 }
 
-/// One search result, ready to render.
-#[derive(Debug, Clone, PartialEq)]
+/// One search result, ready to render. Its JSON form is its serde form: `score` rounded to
+/// 4 decimals, `ts` as RFC 3339 (the human form prints the same values).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct HitView {
     pub id: u64,
+    #[serde(serialize_with = "emit::score4")]
     pub score: f32,
+    #[serde(rename = "ts", serialize_with = "emit::ts_rfc3339")]
     pub ts_ms: i64,
     pub source: String,
     pub label: String,
