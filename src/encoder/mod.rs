@@ -43,6 +43,16 @@ pub struct Encoder {
     multilingual: Option<TextEncoder>,
     /// Wall time of [`Encoder::load`]: all towers parsed, optimized and ready.
     pub load_time: Duration,
+    /// What each tower took on its own thread (the load is the slowest of them).
+    pub load_parts: LoadTimes,
+}
+
+/// Per-tower load times (parse, type, optimize; a text tower's include its tokenizer).
+#[derive(Debug, Clone, Copy)]
+pub struct LoadTimes {
+    pub image: Duration,
+    pub text: Duration,
+    pub multilingual: Option<Duration>,
 }
 
 fn onnx_model(path: &std::path::Path) -> Result<InferenceModel> {
@@ -119,6 +129,9 @@ impl Encoder {
         Encoder::load_outputs(bundle, Outputs::Final)
     }
 
+    /// The towers load in parallel (one thread each): parsing, typing and optimizing a
+    /// graph is single-threaded in tract, and a tokenizer.json parse is too, so the first
+    /// answer comes after the slowest tower instead of after all of them in turn.
     pub fn load_outputs(bundle: &Bundle, which: Outputs) -> Result<Encoder> {
         let t0 = Instant::now();
         let m = &bundle.manifest;
@@ -126,27 +139,53 @@ impl Encoder {
             Outputs::Final => (m.image.output.as_str(), m.text.output.as_str()),
             Outputs::Base => (m.image.base(), m.text.base()),
         };
-        let image_model = image_model(bundle, &[image_out])?;
-        let image_one = image_plan(&image_model, 1)?;
-
-        let text = TextEncoder::load(bundle, &m.text, text_out, which == Outputs::Final)?;
-        let dim = text.dim;
-        // the second text tower only computes final embeddings (training reads the first's base)
-        let multilingual = match (&m.multilingual, which) {
-            (Some(spec), Outputs::Final) => {
-                Some(TextEncoder::load(bundle, spec, &spec.output, true)?)
-            }
-            _ => None,
+        let (image, text, multilingual) = std::thread::scope(|s| {
+            let image = s.spawn(|| {
+                let t = Instant::now();
+                let model = image_model(bundle, &[image_out])?;
+                let plan = image_plan(&model, 1)?;
+                Ok::<_, Error>((model, plan, t.elapsed()))
+            });
+            let text = s.spawn(|| {
+                let t = Instant::now();
+                TextEncoder::load(bundle, &m.text, text_out, which == Outputs::Final)
+                    .map(|e| (e, t.elapsed()))
+            });
+            // the second text tower only computes final embeddings (training reads the
+            // first's base)
+            let multilingual = s.spawn(|| match (&m.multilingual, which) {
+                (Some(spec), Outputs::Final) => {
+                    let t = Instant::now();
+                    TextEncoder::load(bundle, spec, &spec.output, true)
+                        .map(|e| Some((e, t.elapsed())))
+                }
+                _ => Ok(None),
+            });
+            let panicked = "a tower-loading thread panicked";
+            (
+                image.join().expect(panicked),
+                text.join().expect(panicked),
+                multilingual.join().expect(panicked),
+            )
+        });
+        let (image_model, image_one, image_ms) = image?;
+        let (text, text_ms) = text?;
+        let multilingual = multilingual?;
+        let load_parts = LoadTimes {
+            image: image_ms,
+            text: text_ms,
+            multilingual: multilingual.as_ref().map(|(_, t)| *t),
         };
         Ok(Encoder {
             bundle: bundle.clone(),
-            dim,
+            dim: text.dim,
             image_model,
             image_one,
             image_batch: OnceLock::new(),
             text,
-            multilingual,
+            multilingual: multilingual.map(|(e, _)| e),
             load_time: t0.elapsed(),
+            load_parts,
         })
     }
 
