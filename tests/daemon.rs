@@ -57,12 +57,32 @@ fn socket_search_status_thumb_and_bad_input() {
         "{hits:?}"
     );
     let id: u64 = hits[0].split(' ').nth(1).unwrap().parse().unwrap();
-    // similar and thumb on the returned id
-    let sim = ask_human(&mut s, format!("similar {id} k=1\n").as_bytes());
+    // similar and thumb on the returned id; similar leaves the frame itself out
+    let sim = ask_human(&mut s, format!("similar {id} k=3\n").as_bytes());
+    assert_eq!(sim.len(), 4, "{sim:?}");
     assert!(
-        sim[0].ends_with("rabbit.png"),
-        "a frame is most similar to itself: {sim:?}"
+        sim[..3]
+            .iter()
+            .all(|h| h.starts_with("+HIT ") && !h.starts_with(&format!("+HIT {id} "))),
+        "the frame itself is not its own neighbour: {sim:?}"
     );
+    // times: every frame was stored after 2000 and before now + 1 h
+    let hits = |line: &str, s: &mut UnixStream| ask_human(s, line.as_bytes()).len() - 1;
+    assert_eq!(
+        hits("search a rabbit k=5 since=2000-01-01T00:00:00Z\n", &mut s),
+        5
+    );
+    assert_eq!(
+        hits("search a rabbit k=5 until=2000-01-01T00:00:00Z\n", &mut s),
+        0
+    );
+    assert_eq!(hits("search a rabbit k=5 until=0s\n", &mut s), 5);
+    let v = ask_json(
+        &d.socket,
+        &json!({"id": 8, "cmd": "search", "text": "a rabbit", "since": "2099-01-01T00:00:00+01:00"}),
+    )
+    .unwrap();
+    assert_eq!(v["hits"].as_array().map(Vec::len), Some(0), "{v}");
     let th = ask_json(&d.socket, &json!({"id": 9, "cmd": "thumb", "frame": id})).unwrap();
     assert_eq!(th["mime"], "image/jpeg");
     assert!(

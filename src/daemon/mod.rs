@@ -223,17 +223,14 @@ impl Shared {
             Command::Search {
                 text,
                 k,
-                since_s,
+                since,
+                until,
                 source,
             } => {
+                let now = crate::source::now_ms();
                 let filter = Filter {
-                    // a window longer than the clock's past (since=18446744073709551615) is
-                    // "everything", not a cutoff in the future
-                    since_ms: since_s.map(|s| {
-                        let ms = i64::try_from(s).unwrap_or(i64::MAX).saturating_mul(1000);
-                        crate::source::now_ms().saturating_sub(ms)
-                    }),
-                    until_ms: None,
+                    since_ms: since.map(|w| w.to_ms(now)),
+                    until_ms: until.map(|w| w.to_ms(now)),
                     source: source.clone(),
                 };
                 // encoding and the scan in one query slot: scans are bounded like encodes
@@ -253,11 +250,14 @@ impl Shared {
             Command::Similar { id, k } => match self.index.get(*id) {
                 None => Response::Error(format!("no frame {id} (it may have left the ring)")),
                 Some(e) => {
+                    // the frame itself would be its own best hit: ask for one more, drop it
                     let q = e.dequantized();
-                    let scan = || self.index.search(&q, *k, &Filter::default());
-                    let hits = self.hits(self.with_query_slot(scan));
+                    let scan = || self.index.search(&q, *k + 1, &Filter::default());
+                    let mut found = self.with_query_slot(scan);
+                    found.retain(|h| h.seq != *id);
+                    found.truncate(*k);
                     Response::Hits {
-                        hits,
+                        hits: self.hits(found),
                         ms: t0.elapsed().as_secs_f64() * 1e3,
                     }
                 }

@@ -24,7 +24,10 @@ pub enum Command {
     Search {
         text: String,
         k: usize,
-        since_s: Option<u64>,
+        /// only frames from this time on
+        since: Option<When>,
+        /// only frames up to this time
+        until: Option<When>,
         source: Option<String>,
     },
     Similar {
@@ -43,6 +46,27 @@ pub enum Command {
         n: u32,
     },
     Help,
+}
+
+/// A point in time as a request gives it: a span back from now (`10m`) or a time
+/// (`2026-11-28T03:00:00Z`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    Ago { s: u64 },
+    At { ms: i64 },
+}
+
+impl When {
+    /// Unix milliseconds, given the clock's `now_ms`; a span longer than the clock's past
+    /// (`since=18446744073709551615`) is the beginning of time, not a moment in the future.
+    pub fn to_ms(self, now_ms: i64) -> i64 {
+        match self {
+            When::Ago { s } => {
+                now_ms.saturating_sub(i64::try_from(s).unwrap_or(i64::MAX).saturating_mul(1000))
+            }
+            When::At { ms } => ms,
+        }
+    }
 }
 
 /// How to answer: the human form, or JSON echoing the request's `id`.
@@ -168,8 +192,8 @@ pub enum Response {
 }
 
 pub const HELP: &[&str] = &[
-    "search <text> [k=N] [since=10m] [source=S]   frames that match the text",
-    "similar <id> [k=N]                           frames like frame <id>",
+    "search <text> [k=N] [since=10m] [until=T] [source=S]  frames that match the text",
+    "similar <id> [k=N]                           frames like frame <id> (not itself)",
     "thumb <id>                                   the frame's JPEG thumbnail, base64",
     "status                                       counters and model",
     "watch add <text> | watch list | watch del <n> standing queries that push +MATCH",
@@ -190,7 +214,8 @@ mod tests {
             Command::Search {
                 text: "a rabbit next to the moon".into(),
                 k: 3,
-                since_s: Some(600),
+                since: Some(When::Ago { s: 600 }),
+                until: None,
                 source: Some("cam0".into())
             }
         );
@@ -199,7 +224,8 @@ mod tests {
             Command::Search {
                 text: "x".into(),
                 k: K_MAX,
-                since_s: None,
+                since: None,
+                until: None,
                 source: None
             }
         );
@@ -217,7 +243,8 @@ mod tests {
             Command::Search {
                 text: "a rabbit".into(),
                 k: K_MAX,
-                since_s: None,
+                since: None,
+                until: None,
                 source: None
             }
         );
@@ -269,6 +296,63 @@ mod tests {
         out.clear();
         lb.push(&exact, &mut out);
         assert_eq!(out, vec![Line::Text(vec![b'b'; MAX_LINE])]);
+    }
+
+    /// `since` and `until` take spans and RFC 3339 times, in both forms, one rule.
+    #[test]
+    fn since_and_until_take_spans_and_times() {
+        let r = parse(b"search a cat since=2026-11-28T03:00:00Z until=5m").unwrap();
+        let Command::Search { since, until, .. } = r.cmd else {
+            panic!("{r:?}")
+        };
+        assert_eq!(
+            since,
+            Some(When::At {
+                ms: 1_795_834_800_000
+            })
+        );
+        assert_eq!(until, Some(When::Ago { s: 300 }));
+        let r = parse(
+            br#"{"cmd":"search","text":"a cat","since":"2026-11-28T11:00:00.5+08:00","until":60}"#,
+        )
+        .unwrap();
+        let Command::Search { since, until, .. } = r.cmd else {
+            panic!("{r:?}")
+        };
+        assert_eq!(
+            since,
+            Some(When::At {
+                ms: 1_795_834_800_500
+            })
+        );
+        assert_eq!(until, Some(When::Ago { s: 60 }));
+        for bad in [
+            "2026-13-01T00:00:00Z",
+            "2026-02-30T00:00:00Z",
+            "2026-11-28T03:00:00",
+            "soon",
+        ] {
+            let e = parse(format!("search a cat until={bad}").as_bytes()).unwrap_err();
+            assert!(e.reason.contains("until="), "{bad}: {e:?}");
+        }
+        // every time the replies print reads back as itself
+        for ms in [
+            0i64,
+            1,
+            999,
+            86_399_999,
+            951_782_400_000,
+            1_795_834_800_123,
+            -1,
+        ] {
+            assert_eq!(
+                parse::parse_rfc3339_ms(&rfc3339(ms)),
+                Some(ms),
+                "{}",
+                rfc3339(ms)
+            );
+        }
+        assert!(When::Ago { s: u64::MAX }.to_ms(1000) < i64::MIN / 2);
     }
 
     #[test]

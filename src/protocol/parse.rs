@@ -1,7 +1,8 @@
 //! Requests: one line of bytes to a typed [`Request`], in either form. Each field has one
-//! rule ([`k_rule`], [`since_rule`], ids), used by the human and the JSON form alike.
+//! rule ([`k_rule`], [`when_rule`] for `since` and `until`, ids), used by the human and the
+//! JSON form alike.
 
-use super::{Command, Form, ParseError, Request, DEFAULT_K};
+use super::{Command, Form, ParseError, Request, When, DEFAULT_K};
 use crate::index::search::K_MAX;
 use serde_json::Value;
 
@@ -26,10 +27,107 @@ pub fn k_rule(k: Option<u64>) -> Result<usize, String> {
     }
 }
 
-/// `since`, a window back from now: seconds, or a number with a unit (`90s`, `10m`, `2h`,
-/// `1d`).
-pub fn since_rule(v: &str) -> Result<u64, String> {
-    parse_duration_s(v).ok_or_else(|| format!("since={v}: use seconds or e.g. 90s, 10m, 2h, 1d"))
+/// `since` and `until`: a span back from now (seconds, or a number with a unit: `90s`,
+/// `10m`, `2h`, `1d`) or an RFC 3339 time (`2026-11-28T03:00:00Z`, `…+08:00`).
+pub fn when_rule(name: &str, v: &str) -> Result<When, String> {
+    if let Some(s) = parse_duration_s(v) {
+        return Ok(When::Ago { s });
+    }
+    parse_rfc3339_ms(v).map(|ms| When::At { ms }).ok_or_else(|| {
+        format!("{name}={v}: use seconds, a span (90s, 10m, 2h, 1d) or a time like 2026-11-28T03:00:00Z")
+    })
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (the inverse of `emit::rfc3339`'s
+/// civil-from-days, after H. Hinnant's published algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)` (a space or `t` for `T`, `z` for `Z`) to Unix ms.
+pub fn parse_rfc3339_ms(v: &str) -> Option<i64> {
+    let b = v.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let t = v.get(r)?;
+        t.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| t.parse().ok())?
+    };
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    if !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, s) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let days_in = [
+        31,
+        28 + i64::from(y % 4 == 0 && (y % 100 != 0 || y % 400 == 0)),
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    if !(1..=12).contains(&mo)
+        || d < 1
+        || d > days_in[mo as usize - 1]
+        || h > 23
+        || mi > 59
+        || s > 60
+    {
+        return None;
+    }
+    let mut rest = &v[19..];
+    let mut ms = 0;
+    if let Some(frac) = rest.strip_prefix('.') {
+        let n = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if n == 0 {
+            return None;
+        }
+        let digits = &frac[..n];
+        ms = digits
+            .chars()
+            .chain("000".chars())
+            .take(3)
+            .collect::<String>()
+            .parse()
+            .ok()?;
+        rest = &frac[n..];
+    }
+    let offset_s = match rest {
+        "Z" | "z" => 0,
+        _ => {
+            let sign = match rest.as_bytes().first()? {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            let (oh, om) = (rest.get(1..3)?, rest.get(4..6)?);
+            if rest.len() != 6 || rest.as_bytes()[3] != b':' {
+                return None;
+            }
+            let (oh, om): (i64, i64) = (oh.parse().ok()?, om.parse().ok()?);
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            sign * (oh * 3600 + om * 60)
+        }
+    };
+    let secs = days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + s.min(59) - offset_s;
+    Some(secs * 1000 + ms)
 }
 
 fn parse_id(v: &str) -> Result<u64, String> {
@@ -57,13 +155,15 @@ pub fn parse(line: &[u8]) -> Result<Request, ParseError> {
     let cmd = match word.to_ascii_lowercase().as_str() {
         "" => return Err(human("empty line; type help".into())),
         "search" | "s" => {
-            let (mut k, mut since_s, mut source) = (DEFAULT_K, None, None);
+            let (mut k, mut since, mut until, mut source) = (DEFAULT_K, None, None, None);
             let mut words = Vec::new();
             for w in rest.split_whitespace() {
                 if let Some(v) = w.strip_prefix("k=") {
                     k = k_rule(v.parse().ok()).map_err(human)?;
                 } else if let Some(v) = w.strip_prefix("since=") {
-                    since_s = Some(since_rule(v).map_err(human)?);
+                    since = Some(when_rule("since", v).map_err(human)?);
+                } else if let Some(v) = w.strip_prefix("until=") {
+                    until = Some(when_rule("until", v).map_err(human)?);
                 } else if let Some(v) = w.strip_prefix("source=") {
                     source = Some(v.to_string());
                 } else {
@@ -78,7 +178,8 @@ pub fn parse(line: &[u8]) -> Result<Request, ParseError> {
             Command::Search {
                 text: words.join(" "),
                 k,
-                since_s,
+                since,
+                until,
                 source,
             }
         }
@@ -151,6 +252,14 @@ fn parse_json(text: &str) -> Result<Request, ParseError> {
             .and_then(Value::as_u64)
             .ok_or_else(|| err(format!("\"{name}\" must be a whole number")))
     };
+    // a string (span or time) or a number of seconds
+    let when_field = |name: &str| -> Result<Option<When>, ParseError> {
+        match obj.get(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => when_rule(name, s).map(Some).map_err(&err),
+            Some(v) => when_rule(name, &v.to_string()).map(Some).map_err(&err),
+        }
+    };
     let k = match obj.get("k") {
         None => DEFAULT_K,
         Some(v) => k_rule(v.as_u64()).map_err(err)?,
@@ -159,11 +268,8 @@ fn parse_json(text: &str) -> Result<Request, ParseError> {
         Some("search") => Command::Search {
             text: str_field("text")?,
             k,
-            since_s: match obj.get("since") {
-                None => None,
-                Some(Value::String(s)) => Some(since_rule(s).map_err(err)?),
-                Some(v) => Some(since_rule(&v.to_string()).map_err(err)?),
-            },
+            since: when_field("since")?,
+            until: when_field("until")?,
             source: match obj.get("source") {
                 None => None,
                 Some(Value::String(s)) => Some(s.clone()),
