@@ -3,7 +3,8 @@
 # for the `v4l` crate. Idempotent and quick when everything is present.
 set -euo pipefail
 missing=()
-for p in libclang-dev clang; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+# fonts-wqy-microhei: the CJK font of the contact sheets and curves (host::font)
+for p in libclang-dev clang fonts-wqy-microhei; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
   $sudo apt-get update -q

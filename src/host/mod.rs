@@ -5,6 +5,7 @@ pub mod crash;
 pub mod eval;
 pub mod export;
 pub mod features;
+pub mod font;
 pub mod fuzz;
 pub mod pairs;
 pub mod parity;

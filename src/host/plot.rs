@@ -119,9 +119,37 @@ impl Canvas {
         }
     }
 
-    /// Text at (x, y) (top left), each font pixel `scale` pixels; characters the font lacks
-    /// are drawn as '?'. Returns the width drawn.
+    /// Text at (x, y) (top left), about `7 * scale` pixels high, through the CJK font of
+    /// [`super::font`] (anti-aliased), or the 3x5 pixel font where there is none. Returns the
+    /// width drawn.
     pub fn text(&mut self, x: i64, y: i64, s: &str, scale: i64, c: Rgb<u8>) -> i64 {
+        match super::font::font() {
+            Some(f) => {
+                let px = 7.0 * scale as f32;
+                super::font::draw(f, x as f32, y as f32, s, px, |px_, py_, cov| {
+                    self.blend(px_, py_, c, cov)
+                })
+                .ceil() as i64
+            }
+            None => self.pixel_text(x, y, s, scale, c),
+        }
+    }
+
+    /// `c` over the pixel at (x, y) with opacity `alpha` (0..=1).
+    pub fn blend(&mut self, x: i64, y: i64, c: Rgb<u8>, alpha: f32) {
+        if x < 0 || y < 0 || x as u32 >= self.img.width() || y as u32 >= self.img.height() {
+            return;
+        }
+        let a = alpha.clamp(0.0, 1.0);
+        let p = self.img.get_pixel_mut(x as u32, y as u32);
+        for (dst, src) in p.0.iter_mut().zip(c.0) {
+            *dst = (*dst as f32 * (1.0 - a) + src as f32 * a).round() as u8;
+        }
+    }
+
+    /// The built-in 3x5 pixel font, each font pixel `scale` pixels; characters it lacks are
+    /// drawn as '?'. Returns the width drawn.
+    pub fn pixel_text(&mut self, x: i64, y: i64, s: &str, scale: i64, c: Rgb<u8>) -> i64 {
         let mut cx = x;
         for ch in s.chars() {
             let g = glyph(ch).or_else(|| glyph('?')).expect("'?' has a glyph");
@@ -240,11 +268,38 @@ mod tests {
     }
 
     #[test]
-    fn text_draws_ink() {
+    fn pixel_text_draws_ink() {
         let mut cv = Canvas::new(40, 10);
-        let w = cv.text(1, 1, "R@1", 1, BLACK);
+        let w = cv.pixel_text(1, 1, "R@1", 1, BLACK);
         assert_eq!(w, 12);
         let ink = cv.img.pixels().filter(|p| **p == BLACK).count();
         assert!(ink > 15, "{ink}");
+    }
+
+    /// Chinese gets real glyphs: each character its own ink, distinct from the other's.
+    /// `board/dev-setup.sh` installs the font, so its absence is a failure, not a skip.
+    #[test]
+    fn chinese_text_draws_distinct_glyphs() {
+        assert!(
+            super::super::font::font().is_some(),
+            "no CJK font: run board/dev-setup.sh (fonts-wqy-microhei) or set MOONLENS_FONT"
+        );
+        let ink = |s: &str| {
+            let mut cv = Canvas::new(60, 30);
+            let w = cv.text(2, 2, s, 3, BLACK);
+            let dark: Vec<bool> = cv.img.pixels().map(|p| p.0[0] < 128).collect();
+            (w, dark)
+        };
+        let (w_rabbit, rabbit) = ink("兔");
+        let (_, moon) = ink("月");
+        let count = |v: &[bool]| v.iter().filter(|d| **d).count();
+        assert!(w_rabbit >= 15, "{w_rabbit}");
+        assert!(
+            count(&rabbit) > 40 && count(&moon) > 20,
+            "{} {}",
+            count(&rabbit),
+            count(&moon)
+        );
+        assert_ne!(rabbit, moon);
     }
 }
