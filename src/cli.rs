@@ -17,7 +17,10 @@ impl Args {
         let mut out = Args::default();
         let mut it = args.into_iter();
         while let Some(a) = it.next() {
-            if let Some(name) = a.strip_prefix("--") {
+            // asking for help never needs a value, whatever the command
+            if a == "--help" || a == "-h" {
+                out.flags.push("help".into());
+            } else if let Some(name) = a.strip_prefix("--") {
                 if switches.contains(&name) {
                     out.flags.push(name.to_string());
                 } else {
@@ -46,6 +49,11 @@ impl Args {
         self.flags.iter().any(|f| f == name)
     }
 
+    /// `--help` or `-h` was given (anywhere).
+    pub fn wants_help(&self) -> bool {
+        self.flag("help")
+    }
+
     pub fn number<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T> {
         match self.get(name) {
             None => Ok(default),
@@ -58,10 +66,35 @@ impl Args {
     /// Fails on any option not in `known` (typos should not pass silently).
     pub fn only(&self, known: &[&str]) -> Result<()> {
         for k in self.options.keys().chain(self.flags.iter()) {
-            if !known.contains(&k.as_str()) {
+            if !known.contains(&k.as_str()) && k != "help" {
                 return Err(Error::new(format!("unknown option --{k}")));
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[&str]) -> Result<Args> {
+        Args::parse(v.iter().map(|s| s.to_string()), &["json"])
+    }
+
+    #[test]
+    fn help_needs_no_value_anywhere() {
+        for v in [
+            &["--help"][..],
+            &["--bundle", "b", "-h"],
+            &["--help", "--json"],
+        ] {
+            let a = args(v).unwrap();
+            assert!(a.wants_help(), "{v:?}");
+            a.only(&["bundle", "json"]).unwrap();
+        }
+        assert!(!args(&["--bundle", "b"]).unwrap().wants_help());
+        let e = args(&["--bundle"]).unwrap_err().to_string();
+        assert!(e.contains("--bundle needs a value"), "{e}");
     }
 }

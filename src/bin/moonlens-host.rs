@@ -87,6 +87,10 @@ fn run() -> Result<()> {
     }
     let cmd = argv.remove(0);
     let args = Args::parse(argv, &["json", "int8"])?;
+    if args.wants_help() {
+        println!("{USAGE}");
+        return Ok(());
+    }
     match (cmd.as_str(), args.positional.first().map(String::as_str)) {
         ("eval", None) => {
             args.only(&["bundle", "pairs"])?;

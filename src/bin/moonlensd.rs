@@ -9,7 +9,8 @@ use std::path::Path;
 const USAGE: &str = "usage:
   moonlensd [--bundle DIR] [--source v4l:/dev/videoN|dir:PATH] [--index DIR] [--socket PATH]
             [--serial DEV --baud N] [--config FILE] [--capacity N] [--fps N] [--loop]
-            [--gate-pixels X] [--gate-embedding X] [--console|--no-console]
+            [--width N --height N] [--gate-pixels X] [--gate-embedding X]
+            [--watch-cooldown-s N] [--console|--no-console]
   moonlensd query <text> [--json] [--k N] [--socket PATH]
   moonlensd verify --index DIR";
 
@@ -27,12 +28,16 @@ fn main() {
 fn run() -> Result<i32> {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     match argv.first().map(String::as_str) {
-        Some("--help" | "help") => {
+        Some("--help" | "-h" | "help") => {
             println!("{USAGE}");
             Ok(0)
         }
         Some("verify") => {
             let a = Args::parse(argv[1..].to_vec(), &[])?;
+            if a.wants_help() {
+                println!("{USAGE}");
+                return Ok(0);
+            }
             a.only(&["index"])?;
             let r = moonlens::index::Index::verify(Path::new(a.require("index")?))?;
             println!("{}", serde_json::to_string(&r).expect("plain struct"));
@@ -49,6 +54,10 @@ fn run() -> Result<i32> {
 }
 
 fn daemon(a: Args) -> Result<i32> {
+    if a.wants_help() {
+        println!("{USAGE}");
+        return Ok(0);
+    }
     a.only(OPTIONS)?;
     if let Some(p) = a.positional.first() {
         moonlens::bail!("unexpected argument {p:?}\n{USAGE}");
@@ -83,6 +92,10 @@ fn is_push(line: &str) -> bool {
 
 /// A socket client: one request, its answer on stdout.
 fn query(a: Args) -> Result<i32> {
+    if a.wants_help() {
+        println!("{USAGE}");
+        return Ok(0);
+    }
     a.only(&["json", "k", "socket"])?;
     let text = a.positional.join(" ");
     if text.trim().is_empty() {

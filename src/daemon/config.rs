@@ -65,10 +65,28 @@ impl Config {
             a.get(n)
                 .map(|v| {
                     v.parse::<f64>()
-                        .map_err(|_| crate::Error::new(format!("--{n} {v:?} is not a number")))
+                        .ok()
+                        .filter(|x| x.is_finite())
+                        .ok_or_else(|| crate::Error::new(format!("--{n} {v:?} is not a number")))
                 })
                 .transpose()
         };
+        // counts and sizes: a whole number in range, never a float cut down in silence
+        // (`--capacity 2.5` used to become 2)
+        fn whole<T: std::str::FromStr + TryFrom<u64>>(a: &Args, n: &str) -> Result<Option<T>> {
+            a.get(n)
+                .map(|v| {
+                    v.parse::<u64>()
+                        .ok()
+                        .and_then(|x| T::try_from(x).ok())
+                        .ok_or_else(|| {
+                            crate::Error::new(format!(
+                                "--{n} {v:?} must be a whole number (and not too large)"
+                            ))
+                        })
+                })
+                .transpose()
+        }
         if let Some(v) = a.get("bundle") {
             self.bundle = Some(v.into());
         }
@@ -84,20 +102,20 @@ impl Config {
         if let Some(v) = a.get("serial") {
             self.serial = Some(v.into());
         }
-        if let Some(v) = num("baud")? {
-            self.baud = Some(v as u32);
+        if let Some(v) = whole::<u32>(a, "baud")? {
+            self.baud = Some(v);
         }
-        if let Some(v) = num("capacity")? {
-            self.capacity = Some(v as u64);
+        if let Some(v) = whole::<u64>(a, "capacity")? {
+            self.capacity = Some(v);
         }
         if let Some(v) = num("fps")? {
             self.fps = Some(v);
         }
-        if let Some(v) = num("width")? {
-            self.width = Some(v as u32);
+        if let Some(v) = whole::<u32>(a, "width")? {
+            self.width = Some(v);
         }
-        if let Some(v) = num("height")? {
-            self.height = Some(v as u32);
+        if let Some(v) = whole::<u32>(a, "height")? {
+            self.height = Some(v);
         }
         if a.flag("loop") {
             self.looping = Some(true);
@@ -108,8 +126,8 @@ impl Config {
         if let Some(v) = num("gate-embedding")? {
             self.gate_embedding = Some(v as f32);
         }
-        if let Some(v) = num("watch-cooldown-s")? {
-            self.watch_cooldown_s = Some(v as u64);
+        if let Some(v) = whole::<u64>(a, "watch-cooldown-s")? {
+            self.watch_cooldown_s = Some(v);
         }
         if a.flag("console") {
             self.console = Some(true);
@@ -144,5 +162,37 @@ impl Config {
         self.socket
             .clone()
             .unwrap_or_else(|| "var/moonlens.sock".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn apply(v: &[&str]) -> Result<Config> {
+        let a = Args::parse(v.iter().map(|s| s.to_string()), &["loop"])?;
+        let mut c = Config::default();
+        c.apply_args(&a)?;
+        Ok(c)
+    }
+
+    /// Counts are whole numbers: `--capacity 2.5` was cut to 2 without a word.
+    #[test]
+    fn counts_must_be_whole_numbers() {
+        assert_eq!(apply(&["--capacity", "300"]).unwrap().capacity, Some(300));
+        for bad in [
+            &["--capacity", "2.5"][..],
+            &["--width", "-1"],
+            &["--baud", "99999999999"],
+            &["--watch-cooldown-s", "1e3"],
+        ] {
+            let e = apply(bad).unwrap_err().to_string();
+            assert!(
+                e.contains(bad[0]) && e.contains("whole number"),
+                "{bad:?}: {e}"
+            );
+        }
+        assert_eq!(apply(&["--fps", "2.5"]).unwrap().fps, Some(2.5));
+        assert!(apply(&["--fps", "NaN"]).is_err());
     }
 }

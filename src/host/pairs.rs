@@ -10,8 +10,8 @@ pub struct Pair {
     pub text: String,
 }
 
+/// Fields a line may carry beyond these (`"source"`, ids of other tools) are ignored.
 #[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
 struct Line {
     image: String,
     text: String,
@@ -101,4 +101,29 @@ pub fn read_parallel(path: &Path) -> Result<Vec<Parallel>> {
         crate::bail!("{}: no lines (the file is empty)", path.display());
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A line with more fields than moonlens reads (other tools add ids, sources) is taken;
+    /// a line without a caption is refused with its line number.
+    #[test]
+    fn extra_fields_are_ignored_missing_ones_are_not() {
+        let d = std::env::temp_dir().join(format!("moonlens-pairs-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let f = d.join("p.jsonl");
+        std::fs::write(
+            &f,
+            "{\"image\": \"a.png\", \"text\": \"a rabbit\", \"source\": \"cam0\", \"id\": 7}\n",
+        )
+        .unwrap();
+        let p = read(&f).unwrap();
+        assert_eq!((p.len(), p[0].text.as_str()), (1, "a rabbit"));
+        std::fs::write(&f, "{\"image\": \"a.png\"}\n").unwrap();
+        let e = read(&f).unwrap_err().to_string();
+        assert!(e.contains("p.jsonl:1") && e.contains("text"), "{e}");
+        std::fs::remove_dir_all(&d).ok();
+    }
 }
