@@ -28,27 +28,10 @@ pub const THUMB_SLOT: usize = 16 * 1024;
 /// The largest ring the format allows (2^32 entries; a board holds far fewer).
 pub const MAX_CAPACITY: u64 = 1 << 32;
 
+/// CRC-32/ISO-HDLC (the zlib and PNG one) of `data`: what every slot, header and quarantine
+/// record carries (FORMAT.md).
 pub(crate) fn crc32(data: &[u8]) -> u32 {
-    // CRC-32/ISO-HDLC, bitwise-by-table; the table is built once.
-    static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
-    let t = TABLE.get_or_init(|| {
-        let mut t = [0u32; 256];
-        for (i, e) in t.iter_mut().enumerate() {
-            let mut c = i as u32;
-            for _ in 0..8 {
-                c = if c & 1 != 0 {
-                    0xEDB8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
-            }
-            *e = c;
-        }
-        t
-    });
-    !data.iter().fold(!0u32, |c, &b| {
-        t[((c ^ b as u32) & 0xFF) as usize] ^ (c >> 8)
-    })
+    crc32fast::hash(data)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -364,6 +364,17 @@ mod tests {
         assert_eq!(base64(b"f"), "Zg==");
         assert_eq!(base64(b"fo"), "Zm8=");
         assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+        // a crafted slot's time prints, clamped, and never panics
+        assert!(
+            rfc3339(i64::MIN).starts_with("-9999-01-0"),
+            "{}",
+            rfc3339(i64::MIN)
+        );
+        assert!(
+            rfc3339(i64::MAX).starts_with("9999-12-3"),
+            "{}",
+            rfc3339(i64::MAX)
+        );
     }
 
     #[test]

@@ -38,96 +38,12 @@ pub fn when_rule(name: &str, v: &str) -> Result<When, String> {
     })
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (the inverse of `emit::rfc3339`'s
-/// civil-from-days, after H. Hinnant's published algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)` (a space or `t` for `T`, `z` for `Z`) to Unix ms.
+/// An RFC 3339 time with its offset (`2026-11-28T03:00:00Z`, `2026-11-28T11:00:00.5+08:00`)
+/// as Unix milliseconds; anything else (no offset, a date that does not exist) is None.
 pub fn parse_rfc3339_ms(v: &str) -> Option<i64> {
-    let b = v.as_bytes();
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let t = v.get(r)?;
-        t.bytes()
-            .all(|c| c.is_ascii_digit())
-            .then(|| t.parse().ok())?
-    };
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[13] != b':' || b[16] != b':' {
-        return None;
-    }
-    if !matches!(b[10], b'T' | b't' | b' ') {
-        return None;
-    }
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, s) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    let days_in = [
-        31,
-        28 + i64::from(y % 4 == 0 && (y % 100 != 0 || y % 400 == 0)),
-        31,
-        30,
-        31,
-        30,
-        31,
-        31,
-        30,
-        31,
-        30,
-        31,
-    ];
-    if !(1..=12).contains(&mo)
-        || d < 1
-        || d > days_in[mo as usize - 1]
-        || h > 23
-        || mi > 59
-        || s > 60
-    {
-        return None;
-    }
-    let mut rest = &v[19..];
-    let mut ms = 0;
-    if let Some(frac) = rest.strip_prefix('.') {
-        let n = frac.bytes().take_while(u8::is_ascii_digit).count();
-        if n == 0 {
-            return None;
-        }
-        let digits = &frac[..n];
-        ms = digits
-            .chars()
-            .chain("000".chars())
-            .take(3)
-            .collect::<String>()
-            .parse()
-            .ok()?;
-        rest = &frac[n..];
-    }
-    let offset_s = match rest {
-        "Z" | "z" => 0,
-        _ => {
-            let sign = match rest.as_bytes().first()? {
-                b'+' => 1,
-                b'-' => -1,
-                _ => return None,
-            };
-            let (oh, om) = (rest.get(1..3)?, rest.get(4..6)?);
-            if rest.len() != 6 || rest.as_bytes()[3] != b':' {
-                return None;
-            }
-            let (oh, om): (i64, i64) = (oh.parse().ok()?, om.parse().ok()?);
-            if oh > 23 || om > 59 {
-                return None;
-            }
-            sign * (oh * 3600 + om * 60)
-        }
-    };
-    let secs = days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + s.min(59) - offset_s;
-    Some(secs * 1000 + ms)
+    v.parse::<jiff::Timestamp>()
+        .ok()
+        .map(jiff::Timestamp::as_millisecond)
 }
 
 fn parse_id(v: &str) -> Result<u64, String> {
