@@ -31,7 +31,6 @@ What the bundle says (models/README.md, "Use a CLIP model"):
 """
 import argparse
 import gzip
-import hashlib
 import json
 import os
 import shutil
@@ -47,6 +46,7 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 import imgprep  # noqa: E402
 import quant  # noqa: E402
+from convert import cos_rows as cos, session, sha256  # noqa: E402
 
 # Tokenizer parity set: plain English, case, punctuation, contractions, numbers, Chinese,
 # Japanese, emoji, full-width forms and curly quotes (ftfy's rewrites), runs of spaces, and
@@ -73,14 +73,6 @@ LICENCES = {
     "MobileCLIP": "Apple sample code licence (weights: Apple ML research licence); see apple/ml-mobileclip",
     "ViT": "OpenCLIP code MIT; weights per their tag's model card (OpenAI CLIP: MIT)",
 }
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --- tokenizer ---------------------------------------------------------------------------
@@ -342,19 +334,6 @@ def quantize(src, dst):
     onnx.checker.check_model(m)
     onnx.save(m, dst)
     return done
-
-
-def session(path):
-    import onnxruntime as ort
-    o = ort.SessionOptions()
-    o.log_severity_level = 3
-    return ort.InferenceSession(path, o, providers=["CPUExecutionProvider"])
-
-
-def cos(a, b):
-    a = a / np.linalg.norm(a, axis=-1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=-1, keepdims=True)
-    return (a * b).sum(-1)
 
 
 def sample_photos():

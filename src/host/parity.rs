@@ -8,7 +8,7 @@
 //! `image_torch_f32` (one row per photo, the first from `image_input`), `texts` (with the
 //! bundle's prefix), `text_onnxruntime`, `text_torch_f32`.
 
-use crate::encoder::Encoder;
+use crate::encoder::{cosine, Encoder};
 use crate::error::{Context, Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -56,13 +56,6 @@ impl Report {
             && self.text_vs_onnxruntime >= SAME_FILE_COS
             && self.preprocess_max_abs < 1e-3
     }
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
-    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
-    dot / (na * nb).max(f32::MIN_POSITIVE)
 }
 
 /// Run the checks; `repo` is where the reference's photo paths are relative to.

@@ -92,10 +92,15 @@ fn scan(slots: &[u8], header: &Header, query: &Query, k: usize, filter: &Filter,
     let dim = header.dim as usize;
     let ss = header.slot_size as usize;
     let filtered = filter != &Filter::default();
+    // the source as stored: cut to its field once per query, not once per entry
+    let source = filter
+        .source
+        .as_deref()
+        .map(|s| super::slot::fit(s, super::SOURCE_MAX).as_bytes());
     for bytes in slots.chunks_exact(ss).take(header.capacity as usize) {
         let slot = SlotView::new(bytes, dim);
         let seq = slot.seq();
-        if seq == 0 || (filtered && !passes(&slot, filter)) {
+        if seq == 0 || (filtered && !passes(&slot, filter, source)) {
             continue;
         }
         let score = dot_i16_i8(&query.q, slot.embedding()) as f32 * (slot.scale() * query.scale);
@@ -149,15 +154,13 @@ pub fn top_k(slots: &[u8], header: &Header, query: &[f32], k: usize, filter: &Fi
     hits
 }
 
-fn passes(slot: &SlotView, f: &Filter) -> bool {
+/// `source`: the filter's source cut as a slot stores it ([`super::slot::fit`]).
+fn passes(slot: &SlotView, f: &Filter, source: Option<&[u8]>) -> bool {
     let ts = slot.ts_ms();
     if f.since_ms.is_some_and(|s| ts < s) || f.until_ms.is_some_and(|u| ts > u) {
         return false;
     }
-    // the stored source is cut to its field; so is the one asked for (slot::fit)
-    f.source.as_ref().is_none_or(|src| {
-        slot.source_bytes() == super::slot::fit(src, super::SOURCE_MAX).as_bytes()
-    })
+    source.is_none_or(|src| slot.source_bytes() == src)
 }
 
 impl Index {
