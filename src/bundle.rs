@@ -183,6 +183,22 @@ impl Bundle {
     pub fn id_hex(&self) -> String {
         hex(&self.id)
     }
+
+    /// Which frozen image backbone computes this bundle's `features` and base embedding: the
+    /// bundle the heads were trained on (`[heads] features_from`) or, for a bundle without
+    /// heads, this one. Bundles with the same backbone id read each other's kept outputs
+    /// (`features.ml`), so a new head can re-project an index without its frames.
+    pub fn backbone_id(&self) -> [u8; 32] {
+        let from = self
+            .manifest
+            .heads
+            .as_ref()
+            .and_then(|h| h.get("features_from"));
+        match from.and_then(|v| v.as_str()).and_then(unhex) {
+            Some(id) => id,
+            None => self.id,
+        }
+    }
 }
 
 impl Manifest {
@@ -268,6 +284,18 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         h.update(&buf[..n]);
     }
     Ok(hex(&h.finalize()))
+}
+
+/// 32 bytes from 64 hex digits.
+pub fn unhex(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
 }
 
 pub fn hex(bytes: &[u8]) -> String {

@@ -580,7 +580,12 @@ fn streaming_verify_reports_what_the_in_memory_checks_report() {
             &std::fs::read(d.join("thumbs.ml")).unwrap(),
         )
         .unwrap();
-        assert_eq!(streamed, whole);
+        // verify_bytes sees index.ml and thumbs.ml only: everything but features.ml agrees
+        let without_features = moonlens::index::Report {
+            with_features: None,
+            ..streamed.clone()
+        };
+        assert_eq!(without_features, whole);
         streamed
     };
     assert_eq!(both(&d).entries, 64);

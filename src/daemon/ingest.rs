@@ -161,7 +161,7 @@ fn encode_loop(s: Arc<Shared>, rx: Receiver<Queued>, embedding_gate: f32) {
             .into_iter()
             .map(|q| (q.image, (q.label, q.ts_ms)))
             .unzip();
-        let embeddings = match s.encoder.embed_images(&images) {
+        let embeddings = match s.encoder.encode_images(&images) {
             Ok(e) => e,
             Err(e) => {
                 log::error!("encoding failed, {} frame(s) lost: {e}", images.len());
@@ -171,7 +171,7 @@ fn encode_loop(s: Arc<Shared>, rx: Receiver<Queued>, embedding_gate: f32) {
                 continue;
             }
         };
-        for ((image, (label, ts_ms)), emb) in images.iter().zip(meta).zip(embeddings) {
+        for ((image, (label, ts_ms)), (emb, kept)) in images.iter().zip(meta).zip(embeddings) {
             if let Some(prev) = &last {
                 let cos: f32 = prev.iter().zip(&emb).map(|(a, b)| a * b).sum();
                 if cos > embedding_gate {
@@ -180,7 +180,10 @@ fn encode_loop(s: Arc<Shared>, rx: Receiver<Queued>, embedding_gate: f32) {
                 }
             }
             let thumb = thumbnail(image);
-            match s.index.append(ts_ms, source_id, &label, &emb, &thumb) {
+            match s
+                .index
+                .append_kept(ts_ms, source_id, &label, &emb, &thumb, Some(&kept))
+            {
                 Ok(seq) => {
                     s.counters.ingested.fetch_add(1, Relaxed);
                     log::debug!("stored frame {seq} ({label})");

@@ -336,12 +336,12 @@ pub fn start(cfg: &config::Config) -> crate::Result<(Arc<Shared>, std::thread::J
         bundle.manifest.name,
         encoder.load_time.as_millis()
     );
-    let index = Index::open_or_create(
-        &cfg.index(),
-        encoder.dim(),
-        cfg.capacity.unwrap_or(10_000),
-        bundle.id,
-    )?;
+    let expect = crate::index::Expect {
+        dim: encoder.dim(),
+        bundle_id: bundle.id,
+        layout: *encoder.layout(),
+    };
+    let index = Index::open_or_create_with(&cfg.index(), cfg.capacity.unwrap_or(10_000), &expect)?;
     log::info!(
         "index {}: {} entries of {}",
         cfg.index().display(),

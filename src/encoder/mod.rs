@@ -11,6 +11,7 @@ pub mod rewrite;
 
 use crate::bundle::Bundle;
 use crate::error::{Context, Error, Result};
+use crate::index::Kept;
 use image::DynamicImage;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -38,6 +39,9 @@ pub struct Encoder {
     image_model: TypedModel,
     image_one: Plan,
     image_batch: OnceLock<Plan>,
+    /// What the image plan computes beside the embedding, for the index to keep (its
+    /// outputs 1 and 2 when their widths are not 0).
+    layout: crate::index::Layout,
     text: TextEncoder,
     /// The bundle's `[multilingual]` text tower, for queries [`needs_multilingual`] sends there.
     multilingual: Option<TextEncoder>,
@@ -142,9 +146,45 @@ impl Encoder {
         let (image, text, multilingual) = std::thread::scope(|s| {
             let image = s.spawn(|| {
                 let t = Instant::now();
-                let model = image_model(bundle, &[image_out])?;
+                // the frozen backbone's outputs come out of the same run, for features.ml
+                let kept: Vec<&str> = match which {
+                    Outputs::Final => [m.image.features.as_deref(), m.image.base_output.as_deref()]
+                        .into_iter()
+                        .flatten()
+                        .filter(|o| *o != image_out)
+                        .collect(),
+                    Outputs::Base => vec![],
+                };
+                let mut outputs = vec![image_out];
+                outputs.extend(&kept);
+                let model = image_model(bundle, &outputs)?;
+                let width = |name: Option<&str>| -> Result<u32> {
+                    let at = |n| outputs.iter().skip(1).position(|o| *o == n).map(|i| i + 1);
+                    let Some(i) = name.and_then(at) else {
+                        return Ok(0);
+                    };
+                    let fact = model
+                        .output_fact(i)
+                        .map_err(|e| Error::new(format!("image tower output {i}: {e:#}")))?;
+                    fact.shape
+                        .last()
+                        .and_then(|d| d.to_i64().ok())
+                        .filter(|&d| d > 0 && d <= crate::index::features::PART_MAX as i64)
+                        .map(|d| d as u32)
+                        .ok_or_else(|| {
+                            Error::new(format!(
+                                "image tower output {} has no fixed width",
+                                outputs[i]
+                            ))
+                        })
+                };
+                let layout = crate::index::Layout {
+                    features: width(m.image.features.as_deref())?,
+                    base: width(m.image.base_output.as_deref())?,
+                    backbone_id: bundle.backbone_id(),
+                };
                 let plan = image_plan(&model, 1)?;
-                Ok::<_, Error>((model, plan, t.elapsed()))
+                Ok::<_, Error>((model, plan, layout, t.elapsed()))
             });
             let text = s.spawn(|| {
                 let t = Instant::now();
@@ -168,7 +208,7 @@ impl Encoder {
                 multilingual.join().expect(panicked),
             )
         });
-        let (image_model, image_one, image_ms) = image?;
+        let (image_model, image_one, layout, image_ms) = image?;
         let (text, text_ms) = text?;
         let multilingual = multilingual?;
         let load_parts = LoadTimes {
@@ -182,6 +222,7 @@ impl Encoder {
             image_model,
             image_one,
             image_batch: OnceLock::new(),
+            layout,
             text,
             multilingual: multilingual.map(|(e, _)| e),
             load_time: t0.elapsed(),
@@ -217,6 +258,11 @@ impl Encoder {
         self.multilingual.as_ref()
     }
 
+    /// What [`Encoder::encode_images`] returns beside each embedding.
+    pub fn layout(&self) -> &crate::index::Layout {
+        &self.layout
+    }
+
     /// Width of the embeddings this encoder returns.
     pub fn dim(&self) -> usize {
         self.dim
@@ -229,11 +275,21 @@ impl Encoder {
 
     pub fn embed_image(&self, img: &DynamicImage) -> Result<Vec<f32>> {
         let mut v = self.run_images(&self.image_one, &[self.preprocess(img)])?;
-        Ok(v.remove(0))
+        Ok(v.remove(0).0)
     }
 
     /// Embeds many images, [`IMAGE_BATCH`] per run where possible.
     pub fn embed_images(&self, imgs: &[DynamicImage]) -> Result<Vec<Vec<f32>>> {
+        Ok(self
+            .encode_images(imgs)?
+            .into_iter()
+            .map(|(e, _)| e)
+            .collect())
+    }
+
+    /// Embeds many images and returns, beside each embedding, the backbone outputs it was
+    /// computed from ([`Encoder::layout`]; empty parts for a bundle that has none).
+    pub fn encode_images(&self, imgs: &[DynamicImage]) -> Result<Vec<(Vec<f32>, Kept)>> {
         let mut out = Vec::with_capacity(imgs.len());
         for chunk in imgs.chunks(IMAGE_BATCH) {
             let inputs: Vec<Vec<f32>> = chunk.iter().map(|i| self.preprocess(i)).collect();
@@ -255,15 +311,30 @@ impl Encoder {
         Ok(out)
     }
 
-    fn run_images(&self, plan: &Plan, inputs: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
+    fn run_images(&self, plan: &Plan, inputs: &[Vec<f32>]) -> Result<Vec<(Vec<f32>, Kept)>> {
         let [c, h, w] = self.bundle.manifest.image.shape;
         let flat: Vec<f32> = inputs.concat();
-        let t = Tensor::from_shape(&[inputs.len(), c, h, w], &flat)
+        let n = inputs.len();
+        let t = Tensor::from_shape(&[n, c, h, w], &flat)
             .map_err(|e| Error::new(format!("image tensor: {e:#}")))?;
         let out = plan
             .run(tvec![t.into_tvalue()])
             .map_err(|e| Error::new(format!("image tower failed: {e:#}")))?;
-        self.rows(&out[0], inputs.len())
+        let embeddings = self.rows(&out[0], n)?;
+        let (f, b) = (self.layout.features as usize, self.layout.base as usize);
+        let part = |k: usize, width: usize| -> Result<Vec<Vec<f32>>> {
+            if width == 0 {
+                return Ok(vec![vec![]; n]);
+            }
+            plain_rows(&out[k], n, width)
+        };
+        let features = part(1, f)?;
+        let base = part(if f > 0 { 2 } else { 1 }, b)?;
+        Ok(embeddings
+            .into_iter()
+            .zip(features.into_iter().zip(base))
+            .map(|(e, (features, base))| (e, Kept { features, base }))
+            .collect())
     }
 
     /// Token ids of `text` as the tower that answers it tokenizes it (prefix added, truncated).
@@ -401,7 +472,8 @@ impl TextEncoder {
     }
 }
 
-fn rows(t: &TValue, n: usize, dim: usize) -> Result<Vec<Vec<f32>>> {
+/// `n` rows of `dim` values from a tower output, as they are.
+fn plain_rows(t: &TValue, n: usize, dim: usize) -> Result<Vec<Vec<f32>>> {
     let view = t
         .to_plain_array_view::<f32>()
         .map_err(|e| Error::new(format!("tower output is not f32: {e:#}")))?;
@@ -412,7 +484,12 @@ fn rows(t: &TValue, n: usize, dim: usize) -> Result<Vec<Vec<f32>>> {
         );
     }
     let flat: Vec<f32> = view.iter().copied().collect();
-    let rows: Vec<Vec<f32>> = flat.chunks(dim).map(|r| r.to_vec()).collect();
+    Ok(flat.chunks(dim).map(|r| r.to_vec()).collect())
+}
+
+/// `n` L2-normalized embeddings of `dim` values from a tower output (checked).
+fn rows(t: &TValue, n: usize, dim: usize) -> Result<Vec<Vec<f32>>> {
+    let rows = plain_rows(t, n, dim)?;
     for r in &rows {
         let norm: f32 = r.iter().map(|x| x * x).sum::<f32>().sqrt();
         if !norm.is_finite() || (norm - 1.0).abs() > 1e-2 {

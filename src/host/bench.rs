@@ -31,6 +31,7 @@ fn sum_bytes(b: &[u8]) -> u64 {
 pub fn search(entries: usize, queries: usize, json: bool) -> Result<()> {
     let dim = DIM;
     let header = Header {
+        version: crate::index::VERSION,
         dim: dim as u32,
         capacity: entries as u64,
         slot_size: slot::size(dim) as u32,

@@ -1,5 +1,6 @@
 //! The ring index: a fixed-capacity, memory-mapped ring of int8 embeddings with their
-//! metadata, plus a parallel ring of JPEG thumbnails. The byte layout, the commit protocol
+//! metadata, plus two parallel rings: JPEG thumbnails, and the frozen backbones' outputs the
+//! heads read (`features`). The byte layout, the commit protocol
 //! and the recovery rules are in `FORMAT.md` beside this file.
 //!
 //! One writer, many readers, in one process: the maps sit behind an `RwLock`; a search holds
@@ -8,6 +9,7 @@
 //! treated as empty and reported, never returned.
 
 pub mod disk;
+pub mod features;
 pub mod quarantine;
 pub mod search;
 pub mod slot;
@@ -19,8 +21,13 @@ use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
 pub const MAGIC: &[u8; 8] = b"MLINDEX\0";
-pub const VERSION: u32 = 1;
+/// Format 2 added `features.ml`; a format-1 index is upgraded in place by its next writer
+/// (FORMAT.md, "Upgrading").
+pub const VERSION: u32 = 2;
 pub const HEADER_SIZE: usize = 4096;
+/// Where a header being rewritten is staged first, inside the header page (FORMAT.md).
+pub const HEADER_COPY: usize = 2048;
+pub use features::{Kept, Layout};
 use slot::Slot;
 pub use slot::{LABEL_MAX, SOURCE_MAX};
 /// Thumbnails live in fixed slots of this many bytes (a 160 px JPEG is 4-10 KiB).
@@ -36,6 +43,8 @@ pub(crate) fn crc32(data: &[u8]) -> u32 {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
+    /// 1 or 2 as read; always written as [`VERSION`].
+    pub version: u32,
     pub dim: u32,
     pub capacity: u64,
     pub slot_size: u32,
@@ -69,8 +78,8 @@ impl Header {
         }
         let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().expect("4 bytes"));
         let version = u32_at(8);
-        if version != VERSION {
-            crate::bail!("index format version {version}, this build reads {VERSION}: re-index (delete the index directory)");
+        if version == 0 || version > VERSION {
+            crate::bail!("index format version {version}, this build reads 1 to {VERSION}: use the moonlensd that wrote it, or re-index (move the index directory away)");
         }
         if u32_at(72) != crc32(&b[0..72]) {
             crate::bail!(
@@ -78,6 +87,7 @@ impl Header {
             );
         }
         let h = Header {
+            version,
             dim: u32_at(12),
             capacity: u64::from_le_bytes(b[16..24].try_into().expect("8 bytes")),
             slot_size: u32_at(24),
@@ -151,11 +161,23 @@ pub struct Report {
     /// Damaged slots found by earlier opens and kept in `quarantine.ml` before they were
     /// cleared (`verify` only; the evidence of past damage).
     pub quarantined: u64,
+    /// Valid entries whose backbone outputs are kept in `features.ml` (`verify` only: `None`
+    /// at open, and for a format-1 index, which has no such file yet).
+    pub with_features: Option<u64>,
+}
+
+/// What the opener of an existing index expects of it (the daemon: its bundle's).
+#[derive(Debug, Clone, Copy)]
+pub struct Expect {
+    pub dim: usize,
+    pub bundle_id: [u8; 32],
+    pub layout: Layout,
 }
 
 struct Maps {
     index: MmapMut,
     thumbs: MmapMut,
+    features: MmapMut,
     /// Sequence number of the newest valid entry (0 when empty).
     head: u64,
     live: u64,
@@ -164,6 +186,7 @@ struct Maps {
 pub struct Index {
     dir: PathBuf,
     header: Header,
+    layout: Layout,
     maps: RwLock<Maps>,
     /// flush to the media before `append` returns (off only in benchmarks)
     durable: bool,
@@ -204,15 +227,135 @@ fn open_rw(path: &Path, create: bool) -> Result<File> {
         .context(format_args!("cannot open {}", path.display()))
 }
 
+/// Creates `features.ml` for `capacity` slots of `layout` (empty slots), under a temporary
+/// name, synced and renamed: it either exists whole or not at all.
+fn create_features(dir: &Path, capacity: u64, layout: &Layout) -> Result<()> {
+    let path = dir.join("features.ml");
+    let tmp = dir.join("features.ml.tmp");
+    let len = features::HEADER_SIZE as u64 + capacity * layout.slot_size() as u64;
+    let made = (|| -> Result<()> {
+        let f = open_rw(&tmp, true)?;
+        f.set_len(0).context("emptying features.ml.tmp")?;
+        f.set_len(len).context("sizing features.ml")?;
+        disk::reserve(&f, len, &path)?;
+        let h = features::Header {
+            layout: *layout,
+            capacity,
+        };
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(&h.encode(), 0)
+            .context("writing the features header")?;
+        f.sync_all().context("syncing features.ml")?;
+        std::fs::rename(&tmp, &path).context("renaming the new features.ml")?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .context("syncing the index directory")
+    })();
+    if made.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    made
+}
+
+/// Opens `features.ml` (sized for `capacity` slots and reserved), creating it when it is
+/// missing, unreadable or kept nothing; returns it with its layout. `want` is what the opener
+/// would keep (None: whatever the file says).
+fn open_features(dir: &Path, capacity: u64, want: Option<Layout>) -> Result<(File, Layout)> {
+    let path = dir.join("features.ml");
+    let found = std::fs::File::open(&path).ok().map(|f| {
+        let mut b = vec![0u8; features::HEADER_SIZE];
+        use std::os::unix::fs::FileExt;
+        f.read_exact_at(&mut b, 0)
+            .map_err(|e| crate::Error::new(e.to_string()))
+            .and_then(|_| features::Header::decode(&b))
+            .and_then(|h| {
+                if h.capacity == capacity {
+                    Ok(h)
+                } else {
+                    crate::bail!("capacity {} where the ring has {capacity}", h.capacity)
+                }
+            })
+    });
+    let layout = match (found, want) {
+        (Some(Ok(h)), None) => h.layout,
+        (Some(Ok(h)), Some(w)) if h.layout == w => w,
+        // it kept nothing (made by a tool without a model): nothing is lost by remaking it
+        (Some(Ok(h)), Some(w)) if h.layout.is_empty() => {
+            create_features(dir, capacity, &w)?;
+            w
+        }
+        (Some(Ok(h)), Some(w)) => crate::bail!(
+            "{} keeps outputs of another backbone ({}…: {} + {} values, the bundle's is {}…: {} \
+             + {}); its heads cannot read them: use the bundle that wrote the index, or move \
+             the index away to re-index",
+            path.display(),
+            &crate::bundle::hex(&h.layout.backbone_id)[..12],
+            h.layout.features,
+            h.layout.base,
+            &crate::bundle::hex(&w.backbone_id)[..12],
+            w.features,
+            w.base
+        ),
+        (found, want) => {
+            if let Some(Err(e)) = found {
+                log::warn!(
+                    "{}: {e}; made anew: the backbone outputs it kept are lost (search is not \
+                     affected; a re-projection re-encodes those entries from their thumbnails)",
+                    path.display()
+                );
+            }
+            let w = want.unwrap_or(Layout::NONE);
+            create_features(dir, capacity, &w)?;
+            w
+        }
+    };
+    let f = open_rw(&path, false)?;
+    let len = features::HEADER_SIZE as u64 + capacity * layout.slot_size() as u64;
+    if f.metadata().context("stat features.ml")?.len() < len {
+        f.set_len(len)
+            .context("extending a truncated features.ml")?;
+    }
+    disk::reserve(&f, len, &path)?;
+    Ok((f, layout))
+}
+
+/// Rewrites the header page so that a crash at any byte leaves a whole header: staged at
+/// [`HEADER_COPY`] and flushed, written at 0 and flushed, then the copy cleared (a stale copy
+/// must never outlive the header it stood in for).
+fn rewrite_header(index: &mut MmapMut, h: &Header) -> std::io::Result<()> {
+    let b = h.encode();
+    let n = 76;
+    index[HEADER_COPY..HEADER_COPY + n].copy_from_slice(&b[..n]);
+    index.flush_range(0, HEADER_SIZE)?;
+    index[..n].copy_from_slice(&b[..n]);
+    index.flush_range(0, HEADER_SIZE)?;
+    index[HEADER_COPY..HEADER_COPY + n].fill(0);
+    index.flush_range(0, HEADER_SIZE)
+}
+
 impl Index {
     /// Open `dir`, creating an index of `capacity` entries if it has none. Fails when the
-    /// existing index was written by another model bundle.
+    /// existing index was written by another model bundle. Keeps no backbone outputs (see
+    /// [`Index::open_or_create_with`]).
     pub fn open_or_create(
         dir: &Path,
         dim: usize,
         capacity: u64,
         bundle_id: [u8; 32],
     ) -> Result<Index> {
+        let expect = Expect {
+            dim,
+            bundle_id,
+            layout: Layout::NONE,
+        };
+        Self::open_or_create_with(dir, capacity, &expect)
+    }
+
+    /// Open `dir`, creating an index of `capacity` entries that keeps `expect.layout`'s
+    /// backbone outputs if it has none; an existing index must match `expect` (its bundle,
+    /// its width), and a format-1 one is upgraded.
+    pub fn open_or_create_with(dir: &Path, capacity: u64, expect: &Expect) -> Result<Index> {
+        let (dim, bundle_id) = (expect.dim, expect.bundle_id);
         std::fs::create_dir_all(dir).context(format_args!(
             "cannot create index directory {}",
             dir.display()
@@ -225,6 +368,7 @@ impl Index {
                 crate::bail!("index capacity {capacity} is out of range 1..={MAX_CAPACITY}");
             }
             let h = Header {
+                version: VERSION,
                 dim: dim as u32,
                 capacity,
                 slot_size: slot::size(dim) as u32,
@@ -232,32 +376,38 @@ impl Index {
                 bundle_id,
                 created_ms: now_ms(),
             };
-            Self::create(dir, &h)?;
+            Self::create(dir, &h, &expect.layout)?;
         }
-        let idx = Self::open_locked(dir, lock)?;
-        if idx.header.bundle_id != bundle_id {
-            return Err(crate::Error::of(
-    crate::error::ErrorKind::BundleMismatch,
-    format!(
-                "index {} was built with another model bundle ({}…, this one is {}…); its embeddings \
-                 cannot be mixed: move the directory away (or pass another --index) to re-index",
-                dir.display(),
-                &crate::bundle::hex(&idx.header.bundle_id)[..12],
-                &crate::bundle::hex(&bundle_id)[..12]
-            ),
-));
-        }
-        if idx.header.dim as usize != dim {
-            crate::bail!(
-                "index {} holds {}-d embeddings, the bundle makes {dim}-d",
-                dir.display(),
-                idx.header.dim
-            );
-        }
-        Ok(idx)
+        Self::open_locked(dir, lock, Some(expect))
     }
 
-    fn create(dir: &Path, h: &Header) -> Result<()> {
+    /// Refuses an index that `expect`'s bundle did not write, before anything is changed.
+    fn check_expected(dir: &Path, h: &Header, expect: &Expect) -> Result<()> {
+        if h.bundle_id != expect.bundle_id {
+            return Err(crate::Error::of(
+                crate::error::ErrorKind::BundleMismatch,
+                format!(
+                    "index {} was built with another model bundle ({}…, this one is {}…); its \
+                     embeddings cannot be mixed: move the directory away (or pass another \
+                     --index) to re-index",
+                    dir.display(),
+                    &crate::bundle::hex(&h.bundle_id)[..12],
+                    &crate::bundle::hex(&expect.bundle_id)[..12]
+                ),
+            ));
+        }
+        if h.dim as usize != expect.dim {
+            crate::bail!(
+                "index {} holds {}-d embeddings, the bundle makes {}-d",
+                dir.display(),
+                h.dim,
+                expect.dim
+            );
+        }
+        Ok(())
+    }
+
+    fn create(dir: &Path, h: &Header, layout: &Layout) -> Result<()> {
         // Written under temporary names and renamed: a crash leaves no half-made index. Both
         // files get their blocks now, so a disk too small for the ring fails here, at start,
         // and never under the mapping (FORMAT.md, "The media").
@@ -284,6 +434,12 @@ impl Index {
                 return Err(e);
             }
         };
+        // before index.ml exists: a format-2 index never lacks its features file
+        if let Err(e) = create_features(dir, h.capacity, layout) {
+            let _ = std::fs::remove_file(&tmp);
+            let _ = std::fs::remove_file(&tpath);
+            return Err(e);
+        }
         use std::os::unix::fs::FileExt;
         f.write_all_at(&h.encode(), 0)
             .context("writing the index header")?;
@@ -299,10 +455,10 @@ impl Index {
     /// never served. Takes the directory's writer lock first: a second writer is refused
     /// with the holder's pid before it reads or writes anything.
     pub fn open(dir: &Path) -> Result<Index> {
-        Self::open_locked(dir, disk::lock_writer(dir)?)
+        Self::open_locked(dir, disk::lock_writer(dir)?, None)
     }
 
-    fn open_locked(dir: &Path, lock: disk::WriterLock) -> Result<Index> {
+    fn open_locked(dir: &Path, lock: disk::WriterLock, expect: Option<&Expect>) -> Result<Index> {
         let ipath = dir.join("index.ml");
         let f = open_rw(&ipath, false)?;
         let len = f.metadata().context("stat index.ml")?.len();
@@ -310,7 +466,10 @@ impl Index {
         use std::os::unix::fs::FileExt;
         f.read_exact_at(&mut hb, 0)
             .context(format_args!("reading {}", ipath.display()))?;
-        let header = Header::decode(&hb).context(format_args!("{}", ipath.display()))?;
+        let (mut header, from_copy) = header_page(&hb, &ipath)?;
+        if let Some(expect) = expect {
+            Self::check_expected(dir, &header, expect)?;
+        }
         let want = HEADER_SIZE as u64 + header.capacity * header.slot_size as u64;
         if len < want {
             // Truncated: extend with zeros (lost slots read as empty) rather than refuse to serve.
@@ -331,15 +490,20 @@ impl Index {
         // an older moonlensd; allocated ranges cost nothing).
         disk::reserve(&f, want, &ipath)?;
         disk::reserve(&t, twant, &tpath)?;
+        let (ff, layout) = open_features(dir, header.capacity, expect.map(|e| e.layout))?;
+        let fwant = features::HEADER_SIZE as u64 + header.capacity * layout.slot_size() as u64;
         // SAFETY: the files are ours (one writer process per index directory, see FORMAT.md);
         // their lengths were checked above.
         let index = unsafe { MmapOptions::new().len(want as usize).map_mut(&f) }
             .context("mapping index.ml")?;
         let thumbs = unsafe { MmapOptions::new().len(twant as usize).map_mut(&t) }
             .context("mapping thumbs.ml")?;
+        let features = unsafe { MmapOptions::new().len(fwant as usize).map_mut(&ff) }
+            .context("mapping features.ml")?;
         let mut maps = Maps {
             index,
             thumbs,
+            features,
             head: 0,
             live: 0,
         };
@@ -352,9 +516,28 @@ impl Index {
                 report.corrupt_slots
             );
         }
+        if from_copy && header.version == VERSION {
+            rewrite_header(&mut maps.index, &header)
+                .context(format_args!("restoring the header of {}", ipath.display()))?;
+        }
+        if header.version < VERSION {
+            // features.ml exists and is synced (open_features): now the header says so
+            let old = header.version;
+            header.version = VERSION;
+            rewrite_header(&mut maps.index, &header).context(format_args!(
+                "upgrading {} to format {VERSION}",
+                ipath.display()
+            ))?;
+            log::info!(
+                "{}: upgraded from format {old} to {VERSION}; entries stored before keep no \
+                 backbone outputs (a re-projection re-encodes them from their thumbnails)",
+                ipath.display()
+            );
+        }
         Ok(Index {
             dir: dir.to_path_buf(),
             header,
+            layout,
             maps: RwLock::new(maps),
             durable: true,
             opened_report: report,
@@ -435,7 +618,7 @@ impl Index {
         self.maps.read().expect("index lock").head
     }
 
-    /// Append one frame; returns its sequence number (its id) once it is on the media.
+    /// Append one frame without backbone outputs; see [`Index::append_kept`].
     pub fn append(
         &self,
         ts_ms: i64,
@@ -444,7 +627,35 @@ impl Index {
         embedding: &[f32],
         thumb: &[u8],
     ) -> Result<u64> {
+        self.append_kept(ts_ms, source, label, embedding, thumb, None)
+    }
+
+    /// Append one frame, and the backbone outputs its embedding came from when the index
+    /// keeps them; returns its sequence number (its id) once all of it is on the media.
+    pub fn append_kept(
+        &self,
+        ts_ms: i64,
+        source: &str,
+        label: &str,
+        embedding: &[f32],
+        thumb: &[u8],
+        kept: Option<&Kept>,
+    ) -> Result<u64> {
         let dim = self.header.dim as usize;
+        let kept = kept.filter(|_| !self.layout.is_empty());
+        if let Some(k) = kept {
+            if k.features.len() != self.layout.features as usize
+                || k.base.len() != self.layout.base as usize
+            {
+                crate::bail!(
+                    "backbone outputs of {} + {} values, the index keeps {} + {}",
+                    k.features.len(),
+                    k.base.len(),
+                    self.layout.features,
+                    self.layout.base
+                );
+            }
+        }
         if embedding.len() != dim {
             crate::bail!(
                 "embedding has {} values, the index holds {dim}",
@@ -484,6 +695,11 @@ impl Index {
         slot::encode(&entry, thumb.len() as u32, crc32(thumb), &mut bytes);
         let toff = slot as usize * self.header.thumb_slot as usize;
         maps.thumbs[toff..toff + thumb.len()].copy_from_slice(thumb);
+        let fss = self.layout.slot_size();
+        let foff = features::HEADER_SIZE + slot as usize * fss;
+        if let Some(k) = kept {
+            features::encode(seq, k, &self.layout, &mut maps.features[foff..foff + fss]);
+        }
         let off = HEADER_SIZE + slot as usize * bytes.len();
         let was_live = maps.index[off..off + 8] != [0u8; 8];
         maps.index[off..off + bytes.len()].copy_from_slice(&bytes);
@@ -496,7 +712,8 @@ impl Index {
         if !self.durable {
             return Ok(seq);
         }
-        // Commit order (FORMAT.md): thumbnail, then slot; each flushed before acknowledging.
+        // Commit order (FORMAT.md): thumbnail, features, then slot; each flushed before
+        // acknowledging.
         // Under the read lock only: searches go on while the media is slow, and the single
         // writer cannot change these pages before its own flush returns.
         let fault = std::mem::take(&mut *self.flush_fault.lock().expect("fault lock"));
@@ -509,6 +726,10 @@ impl Index {
         } else {
             maps.thumbs
                 .flush_range(toff, thumb.len().max(1))
+                .and_then(|_| match kept {
+                    Some(_) => maps.features.flush_range(foff, fss),
+                    None => Ok(()),
+                })
                 .and_then(|_| maps.index.flush_range(off, bytes.len()))
         };
         drop(maps);
@@ -524,6 +745,23 @@ impl Index {
             ));
         }
         Ok(seq)
+    }
+
+    /// What the index keeps of each frame's backbone outputs.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The backbone outputs of entry `seq`: None when it left the ring, was stored without
+    /// them (before a format upgrade, or by a bundle without features) or they are damaged.
+    pub fn kept(&self, seq: u64) -> Option<Kept> {
+        let layout = self.layout;
+        let fss = layout.slot_size();
+        self.valid(seq, |maps, (slot, _, _)| {
+            let off = features::HEADER_SIZE + slot as usize * fss;
+            features::decode(&maps.features[off..off + fss], seq, &layout)
+        })
+        .and_then(|(_, k)| k)
     }
 
     /// The entry with sequence number `seq`, if still in the ring and valid.
@@ -571,7 +809,7 @@ impl Index {
 
     /// Re-check every slot on the media (for `verify`) without changing anything. Streams
     /// the slots through a 1 MiB buffer and reads only the thumbnails of valid entries, so
-    /// its memory does not grow with the ring (the board's 100k ring is ~1.7 GB of files).
+    /// its memory does not grow with the ring (the board's 100k ring is ~1.9 GB of files).
     pub fn verify(dir: &Path) -> Result<Report> {
         use std::os::unix::fs::FileExt;
         let ipath = dir.join("index.ml");
@@ -580,8 +818,19 @@ impl Index {
         let mut head = vec![0u8; HEADER_SIZE];
         let got = read_full(&mut reader, &mut head)
             .context(format_args!("reading {}", ipath.display()))?;
-        let h = Header::decode(&head[..got]).context(format_args!("{}", ipath.display()))?;
+        let (h, _) = header_page(&head[..got], &ipath)?;
         let thumbs = File::open(dir.join("thumbs.ml")).ok();
+        // format 2: count the entries whose backbone outputs are readable
+        let feats = (h.version >= 2)
+            .then(|| File::open(dir.join("features.ml")).ok())
+            .flatten()
+            .and_then(|f| {
+                let mut b = vec![0u8; features::HEADER_SIZE];
+                f.read_exact_at(&mut b, 0).ok()?;
+                let fh = features::Header::decode(&b).ok()?;
+                (fh.capacity == h.capacity).then_some((f, fh.layout))
+            });
+        let mut fslot = vec![0u8; feats.as_ref().map_or(0, |(_, l)| l.slot_size())];
         let thumb_crc = |off: u64, len: usize| -> Option<u32> {
             let mut b = vec![0u8; len];
             thumbs.as_ref()?.read_exact_at(&mut b, off).ok()?;
@@ -589,6 +838,7 @@ impl Index {
         };
         let mut r = Report::new(h.capacity);
         r.bad_thumbs = Some(0);
+        r.with_features = feats.as_ref().map(|_| 0);
         let mut slot = vec![0u8; h.slot_size as usize];
         for i in 0..h.capacity {
             let n = read_full(&mut reader, &mut slot)
@@ -597,7 +847,14 @@ impl Index {
                 r.truncated_from(i);
                 break;
             }
-            r.tally(i, &slot, &h, Some(&thumb_crc));
+            if let (Seen::Valid(seq), Some((f, layout))) =
+                (r.tally(i, &slot, &h, Some(&thumb_crc)), &feats)
+            {
+                let off = features::HEADER_SIZE as u64 + i * fslot.len() as u64;
+                let ok = f.read_exact_at(&mut fslot, off).is_ok()
+                    && features::decode(&fslot, seq, layout).is_some();
+                *r.with_features.as_mut().expect("set with feats") += u64::from(ok);
+            }
         }
         r.quarantined = quarantine::slots(dir).len() as u64;
         Ok(r)
@@ -606,6 +863,30 @@ impl Index {
     pub(crate) fn with_slots<R>(&self, f: impl FnOnce(&[u8], &Header) -> R) -> R {
         let maps = self.maps.read().expect("index lock");
         f(&maps.index[HEADER_SIZE..], &self.header)
+    }
+}
+
+/// The header of `index.ml` from its first page; a header torn by a crash during its rewrite
+/// is read from its staged copy (FORMAT.md, "Upgrading").
+/// Says whether it came from the copy (which the writer then puts back in place).
+fn header_page(page: &[u8], path: &Path) -> Result<(Header, bool)> {
+    let staged = |p: &[u8]| {
+        let mut b = [0u8; HEADER_SIZE];
+        b[..76].copy_from_slice(p.get(HEADER_COPY..HEADER_COPY + 76)?);
+        Header::decode(&b).ok()
+    };
+    match Header::decode(page) {
+        Ok(h) => Ok((h, false)),
+        Err(e) => match staged(page) {
+            Some(h) => {
+                log::warn!(
+                    "{}: header torn by a crash during its rewrite; read from its staged copy",
+                    path.display()
+                );
+                Ok((h, true))
+            }
+            None => Err(e).context(format_args!("{}", path.display())),
+        },
     }
 }
 

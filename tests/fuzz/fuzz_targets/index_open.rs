@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = verify_bytes(a, thumbs);
     } else {
         let dim = 1 + (data[1] as usize % 64);
-        let h = Header { dim: dim as u32, capacity: 1 + (a.len() / slot::size(dim)) as u64, slot_size: slot::size(dim) as u32, thumb_slot: 64, bundle_id: [0; 32], created_ms: 0 };
+        let h = Header { version: moonlens::index::VERSION, dim: dim as u32, capacity: 1 + (a.len() / slot::size(dim)) as u64, slot_size: slot::size(dim) as u32, thumb_slot: 64, bundle_id: [0; 32], created_ms: 0 };
         let mut file = h.encode().to_vec();
         assert_eq!(file.len(), HEADER_SIZE);
         file.extend_from_slice(a);
