@@ -276,7 +276,10 @@ fn the_daemon_keeps_what_its_heads_read() {
         "heads bundle: the base's backbone"
     );
     let img = image::open(common::root().join("models/samples/badger.png")).unwrap();
-    let (emb, kept) = enc.encode_images(std::slice::from_ref(&img)).unwrap().remove(0);
+    let (emb, kept) = enc
+        .encode_images(std::slice::from_ref(&img))
+        .unwrap()
+        .remove(0);
     assert_eq!(emb, enc.embed_image(&img).unwrap());
     // the same outputs the training reads through the base encoder
     let base = common::base_encoder();

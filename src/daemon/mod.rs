@@ -15,6 +15,7 @@ pub mod watch;
 
 use crate::encoder::Encoder;
 use crate::index::search::Filter;
+use crate::index::tags::{FrameCopy, TagStore};
 use crate::index::Index;
 use crate::protocol::{self, Command, Form, HitView, Request, Response, StatusView};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -96,6 +97,9 @@ pub struct Shared {
     pub(crate) counters: Counters,
     pub(crate) source_done: AtomicBool,
     pub(crate) watches: Mutex<watch::Watches>,
+    /// The operator's tags (`tags.ml` beside the index); the error if it could not be opened
+    /// (tag requests then answer with it, everything else works).
+    pub(crate) tags: Mutex<std::result::Result<TagStore, String>>,
     /// Held by the ingest thread while it encodes and stores one batch; a clean shutdown
     /// takes it to wait for the batch in flight ([`signals`]).
     pub(crate) ingest_turn: Mutex<()>,
@@ -113,6 +117,10 @@ impl Shared {
         source_id: &str,
         watch_cooldown: std::time::Duration,
     ) -> Shared {
+        let tags = TagStore::open(index.dir()).map_err(|e| {
+            log::error!("tags unavailable: {e}");
+            format!("tags unavailable: {e}")
+        });
         Shared {
             encoder,
             index,
@@ -120,6 +128,7 @@ impl Shared {
             counters: Counters::default(),
             source_done: AtomicBool::new(false),
             watches: Mutex::new(watch::Watches::new(watch_cooldown)),
+            tags: Mutex::new(tags),
             ingest_turn: Mutex::new(()),
             started: Instant::now(),
             clients: Arc::default(),
@@ -293,6 +302,50 @@ impl Shared {
                     .map(|w| (w.n, w.text.clone()))
                     .collect(),
             ),
+            Command::Tag { id, text } => {
+                let mut store = self.tags.lock().expect("tags");
+                let store = match store.as_mut() {
+                    Ok(s) => s,
+                    Err(e) => return Response::Error(e.clone()),
+                };
+                // the first tag copies the frame out of the ring: it outlives its slot
+                let copy = || {
+                    let (entry, thumb) = self.index.get_with_thumb(*id)?;
+                    Some(FrameCopy {
+                        kept: self.index.kept(*id),
+                        entry,
+                        thumb: thumb.unwrap_or_default(),
+                    })
+                };
+                match store.tag(*id, text, copy) {
+                    Ok(tags) => Response::Tags(tags.into_iter().map(|t| (*id, t)).collect()),
+                    Err(e) => Response::Error(e),
+                }
+            }
+            Command::Untag { id, text } => {
+                let mut store = self.tags.lock().expect("tags");
+                match store
+                    .as_mut()
+                    .map_err(|e| e.clone())
+                    .and_then(|s| s.untag(*id, text.as_deref()))
+                {
+                    Ok(tags) => Response::Tags(tags.into_iter().map(|t| (*id, t)).collect()),
+                    Err(e) => Response::Error(e),
+                }
+            }
+            Command::Tags { id } => {
+                let store = self.tags.lock().expect("tags");
+                let store = match store.as_ref() {
+                    Ok(s) => s,
+                    Err(e) => return Response::Error(e.clone()),
+                };
+                let pairs = store
+                    .frames()
+                    .filter(|f| id.is_none_or(|id| f.entry.seq == id))
+                    .flat_map(|f| f.tags.iter().map(|t| (f.entry.seq, t.clone())))
+                    .collect();
+                Response::Tags(pairs)
+            }
             Command::WatchDel { n } => {
                 let mut watches = self.watches.lock().expect("watches");
                 if watches.remove(*n) {

@@ -13,6 +13,7 @@ pub mod features;
 pub mod quarantine;
 pub mod search;
 pub mod slot;
+pub mod tags;
 
 use crate::error::{Context, Result};
 use memmap2::{MmapMut, MmapOptions};

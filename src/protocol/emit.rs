@@ -70,6 +70,9 @@ pub fn render(form: &Form, resp: &Response) -> String {
                 Response::Watches(w) => {
                     json!({"ok": true, "watches": w.iter().map(|(n, t)| json!({"watch": n, "text": t})).collect::<Vec<_>>()})
                 }
+                Response::Tags(t) => {
+                    json!({"ok": true, "tags": t.iter().map(|(f, t)| json!({"frame": f, "text": t})).collect::<Vec<_>>()})
+                }
                 Response::Done => json!({"ok": true}),
                 Response::Help => json!({"ok": true, "help": HELP}),
                 Response::Error(e) => json!({"ok": false, "error": e}),
@@ -115,6 +118,12 @@ pub fn render(form: &Form, resp: &Response) -> String {
                         let _ = writeln!(s, "+WATCH {n} {}", clean(t));
                     }
                     s.push_str("OK\n");
+                }
+                Response::Tags(t) => {
+                    for (f, text) in t {
+                        let _ = writeln!(s, "+TAG {f} {}", clean(text));
+                    }
+                    let _ = writeln!(s, "OK {} tags", t.len());
                 }
                 Response::Done => s.push_str("OK\n"),
                 Response::Help => {

@@ -45,6 +45,20 @@ pub enum Command {
     WatchDel {
         n: u32,
     },
+    /// The operator says frame `id` shows `text` (training data for heads that learn the site).
+    Tag {
+        id: u64,
+        text: String,
+    },
+    /// Removes one tag of frame `id`, or all of them.
+    Untag {
+        id: u64,
+        text: Option<String>,
+    },
+    /// The tags of one frame, or of every tagged frame.
+    Tags {
+        id: Option<u64>,
+    },
     Help,
 }
 
@@ -181,11 +195,21 @@ pub struct StatusView {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Response {
-    Hits { hits: Vec<HitView>, ms: f64 },
+    Hits {
+        hits: Vec<HitView>,
+        ms: f64,
+    },
     Status(StatusView),
-    Thumb { id: u64, jpeg: Vec<u8> },
-    WatchAdded { n: u32 },
+    Thumb {
+        id: u64,
+        jpeg: Vec<u8>,
+    },
+    WatchAdded {
+        n: u32,
+    },
     Watches(Vec<(u32, String)>),
+    /// (frame id, tag) pairs
+    Tags(Vec<(u64, String)>),
     Done,
     Help,
     Error(String),
@@ -197,6 +221,7 @@ pub const HELP: &[&str] = &[
     "thumb <id>                                   the frame's JPEG thumbnail, base64",
     "status                                       counters and model",
     "watch add <text> | watch list | watch del <n> standing queries that push +MATCH",
+    "tag <id> <text> | untag <id> [<text>] | tags [<id>]  say what a frame shows (training)",
     "JSON: {\"id\":1,\"cmd\":\"search\",\"text\":\"a rabbit\",\"k\":5}  (see docs/protocol.md)",
 ];
 

@@ -116,6 +116,34 @@ pub fn parse(line: &[u8]) -> Result<Request, ParseError> {
         },
         "status" => Command::Status,
         "help" | "?" => Command::Help,
+        "tag" | "untag" => {
+            let (id, text) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+            let id = parse_id(id).map_err(human)?;
+            let text = text.trim();
+            if word.eq_ignore_ascii_case("tag") {
+                if text.is_empty() {
+                    return Err(human(
+                        "tag needs a frame id and some text, e.g. tag 17 delivery van".into(),
+                    ));
+                }
+                Command::Tag {
+                    id,
+                    text: text.into(),
+                }
+            } else {
+                Command::Untag {
+                    id,
+                    text: (!text.is_empty()).then(|| text.into()),
+                }
+            }
+        }
+        "tags" => Command::Tags {
+            id: if rest.is_empty() {
+                None
+            } else {
+                Some(parse_id(rest).map_err(human)?)
+            },
+        },
         "watch" => {
             let (sub, arg) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
             match sub {
@@ -205,6 +233,23 @@ fn parse_json(text: &str) -> Result<Request, ParseError> {
             text: str_field("text")?,
         },
         Some("watch_list") => Command::WatchList,
+        Some("tag") => Command::Tag {
+            id: u64_field("frame")?,
+            text: str_field("text")?,
+        },
+        Some("untag") => Command::Untag {
+            id: u64_field("frame")?,
+            text: match obj.get("text") {
+                None => None,
+                Some(_) => Some(str_field("text")?),
+            },
+        },
+        Some("tags") => Command::Tags {
+            id: match obj.get("frame") {
+                None => None,
+                Some(_) => Some(u64_field("frame")?),
+            },
+        },
         Some("watch_del") => Command::WatchDel {
             n: u32::try_from(u64_field("watch")?)
                 .map_err(|_| err("\"watch\" is too large".into()))?,
