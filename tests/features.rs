@@ -299,3 +299,45 @@ fn the_daemon_keeps_what_its_heads_read() {
     assert!(common::cosine(&got.features, &kept.features) > 0.999);
     assert!(common::cosine(&got.base, &kept.base) > 0.999);
 }
+
+/// The head cut out of the bundle's own image tower turns kept outputs back into the
+/// embedding the tower computed from the frame: exactly from the f32 outputs, within int8
+/// storage from what the index kept.
+#[test]
+fn kept_outputs_re_project_to_the_towers_embedding() {
+    use moonlens::encoder::reproject::Reprojector;
+    let enc = common::encoder();
+    let layout = *enc.layout();
+    let head = Reprojector::load(enc.bundle(), &layout).unwrap();
+    let names = ["badger.png", "banana.png", "bee.png", "duck.png"];
+    let imgs: Vec<_> = names
+        .iter()
+        .map(|n| image::open(common::root().join("models/samples").join(n)).unwrap())
+        .collect();
+    let encoded = enc.encode_images(&imgs).unwrap();
+    let kept: Vec<&Kept> = encoded.iter().map(|(_, k)| k).collect();
+    let again = head.project(&kept).unwrap();
+    let d = tempdir("reproject-kept");
+    let ex = Expect {
+        dim: enc.dim(),
+        bundle_id: enc.bundle().id,
+        layout,
+    };
+    let idx = Index::open_or_create_with(&d, 8, &ex).unwrap();
+    let mut stored = Vec::new();
+    for (e, k) in &encoded {
+        let id = idx.append_kept(1, "cam0", "f", e, b"", Some(k)).unwrap();
+        stored.push(idx.kept(id).unwrap());
+    }
+    let from_index = head.project(&stored.iter().collect::<Vec<_>>()).unwrap();
+    for (i, (e, _)) in encoded.iter().enumerate() {
+        let exact = common::cosine(e, &again[i]);
+        let stored = common::cosine(e, &from_index[i]);
+        eprintln!(
+            "{}: from f32 outputs {exact:.7}, from the index {stored:.7}",
+            names[i]
+        );
+        assert!(exact > 0.99999, "{exact}");
+        assert!(stored > 0.999, "{stored}");
+    }
+}

@@ -12,6 +12,9 @@ const USAGE: &str = "usage:
         [--image-input raw|bridge] [--dim 256] [--blocks 1] [--dropout 0.1] [--temperature T]
         [--lr 1e-3] [--weight-decay 1e-3] [--batch 64] [--epochs 100] [--patience 3] [--seed 1]
         [--cache DIR]
+  moonlens-host train --from-index INDEX_DIR --pairs TRAIN.jsonl[,…] --val VAL.jsonl[,…] --out BUNDLE
+        [--bundle models/default] [--repeat 8] [--temperature T] [shared options as above]
+        (a new image head for the bundle that wrote the index, from the operator's tags)
   moonlens-host distill --teacher BUNDLE --student BUNDLE --pairs TRAIN_parallel.jsonl --val VAL_parallel.jsonl
         --out DIR [--blocks 1] [--dropout 0.1] [--lr 1e-3] [--weight-decay 1e-3] [--batch 64]
         [--epochs 100] [--patience 3] [--seed 1] [--cache DIR]
@@ -111,6 +114,43 @@ fn run() -> Result<()> {
                     moonlens::host::parity::SAME_FILE_COS
                 );
             }
+            Ok(())
+        }
+        ("train", None) if args.get("from-index").is_some() => {
+            args.only(
+                &[
+                    TRAINING_OPTIONS,
+                    &["from-index", "bundle", "repeat", "temperature"],
+                ]
+                .concat(),
+            )?;
+            let d = training_config(&args)?;
+            let cfg = Config {
+                temperature: args.number("temperature", d.temperature)?,
+                ..d
+            };
+            let bundle = Bundle::open(args.get("bundle").unwrap_or("models/default"))?;
+            let out = Path::new(args.require("out")?);
+            let (exported, r) =
+                moonlens::host::train::site::run(&moonlens::host::train::site::Options {
+                    index: Path::new(args.require("from-index")?),
+                    bundle: &bundle,
+                    pairs: &files(&args, "pairs")?,
+                    val: &files(&args, "val")?,
+                    cache: args.get("cache").map(Path::new),
+                    out,
+                    cfg,
+                    repeat: args.number("repeat", 8)?,
+                })?;
+            let rec = |x: &moonlens::host::eval::Recall| serde_json::json!([x.r1, x.r5, x.r10]);
+            println!(
+                "{}",
+                serde_json::json!({"bundle": out, "model": exported.manifest.name,
+                    "tagged_frames": r.tagged_frames, "held_out_pairs": r.site_val_pairs,
+                    "held_out_r1_r5_r10_before": rec(&r.site_before), "held_out_r1_r5_r10_after": rec(&r.site_after),
+                    "base_val_r1_r5_r10_before": rec(&r.base_before), "base_val_r1_r5_r10_after": rec(&r.base_after),
+                    "best_epoch": r.best_epoch, "report": out.join("site-training.json"), "curve": out.join("site-curve.png")})
+            );
             Ok(())
         }
         ("train", None) => {

@@ -7,6 +7,7 @@
 //! symbolic so a 3-token query does not pay for 128.
 
 pub mod preprocess;
+pub mod reproject;
 pub mod rewrite;
 
 use crate::bundle::Bundle;
@@ -60,6 +61,14 @@ pub struct LoadTimes {
 }
 
 fn onnx_model(path: &std::path::Path) -> Result<InferenceModel> {
+    onnx_model_edited(path, |_| Ok(()))
+}
+
+/// The model at `path` after `edit` changed its graph (see [`reproject`]).
+fn onnx_model_edited(
+    path: &std::path::Path,
+    edit: impl FnOnce(&mut tract_onnx::pb::GraphProto) -> Result<()>,
+) -> Result<InferenceModel> {
     let onnx = tract_onnx::onnx().with_ignore_value_info(true);
     let not_loadable = |e: TractError| {
         Error::new(format!(
@@ -76,6 +85,7 @@ fn onnx_model(path: &std::path::Path) -> Result<InferenceModel> {
                 path.display()
             );
         }
+        edit(g)?;
     }
     onnx.model_for_proto_model(&proto).map_err(not_loadable)
 }

@@ -589,3 +589,73 @@ pub fn export_multilingual(
     }
     write_manifest(out, &manifest, "`moonlens-host export --teacher`")
 }
+
+/// Writes the bundle `out` = `deployed` with its image head replaced by `head` (trained on the
+/// site's tags by `train --from-index`): the same backbone (so the same `features_from`, and
+/// an index's kept outputs re-project into it), the same mix with the bridge, and the text
+/// towers byte for byte (the head was trained into their space, so every query, and the
+/// multilingual tower distilled into it, still lands where the new image embeddings are).
+/// `site` is recorded as `[heads.site]`.
+pub fn export_site_image_head(
+    deployed: &Bundle,
+    head: &Head,
+    out: &Path,
+    site: toml::Table,
+) -> Result<Bundle> {
+    let m = &deployed.manifest;
+    let heads = m.heads.as_ref();
+    let mix = heads
+        .and_then(|h| h.get("mix"))
+        .and_then(|v| v.as_float())
+        .unwrap_or(0.0);
+    let int8 = heads
+        .and_then(|h| h.get("weights"))
+        .and_then(|v| v.as_str())
+        .is_some_and(|w| w.contains("int8"));
+    let features = m.image.features.as_deref().ok_or_else(|| {
+        Error::new(format!(
+            "{} exposes no backbone features: no head can be trained on it",
+            deployed.dir.display()
+        ))
+    })?;
+    std::fs::create_dir_all(out).context(format_args!("cannot create {}", out.display()))?;
+    let base_dim = m.dim - head.dim();
+    let mut manifest = m.clone();
+    manifest.sha256.clear();
+    for f in m.sha256.keys().filter(|f| **f != m.image.file) {
+        std::fs::copy(deployed.path(f), out.join(f)).context(format_args!("copying {f}"))?;
+        manifest
+            .sha256
+            .insert(f.clone(), sha256_file(&out.join(f))?);
+    }
+    append_head(
+        &Tower {
+            src: &deployed.path(&m.image.file),
+            dst: &out.join("image.onnx"),
+            output: &m.image.output,
+            base: m.image.base(),
+            base_new: "bridge_embedding",
+            input: features,
+            keep: vec![
+                ("bridge_embedding", (mix > 0.0).then_some(base_dim)),
+                (features, None),
+            ],
+        },
+        head,
+        int8,
+        (mix > 0.0).then_some((mix, base_dim)),
+    )?;
+    manifest.image.file = "image.onnx".into();
+    manifest.image.output = "embedding".into();
+    manifest.image.base_output = Some("bridge_embedding".into());
+    manifest
+        .sha256
+        .insert("image.onnx".into(), sha256_file(&out.join("image.onnx"))?);
+    let base_name = m.name.split("+site").next().unwrap_or(&m.name);
+    manifest.name = format!("{base_name}+site");
+    manifest
+        .heads
+        .get_or_insert_with(toml::Table::new)
+        .insert("site".into(), site.into());
+    write_manifest(out, &manifest, "`moonlens-host train --from-index`")
+}

@@ -217,7 +217,29 @@ impl TagStore {
             .mode(super::disk::FILE_MODE)
             .open(&path)
             .context(format_args!("cannot open {}", path.display()))?;
-        let bytes = std::fs::read(&path).context(format_args!("reading {}", path.display()))?;
+        Self::replay(path, file, true)
+    }
+
+    /// Reads `dir/tags.ml` without changing it (training reads an index a daemon may be
+    /// writing): a torn tail is skipped, not cut; tag requests on it fail. No file: no tags.
+    pub fn read(dir: &Path) -> Result<TagStore> {
+        let path = dir.join("tags.ml");
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                File::open("/dev/null").context("opening /dev/null")?
+            }
+            Err(e) => return Err(e).context(format_args!("cannot read {}", path.display())),
+        };
+        Self::replay(path, file, false)
+    }
+
+    fn replay(path: PathBuf, file: File, writable: bool) -> Result<TagStore> {
+        let mut bytes = Vec::new();
+        use std::io::Read;
+        (&file)
+            .read_to_end(&mut bytes)
+            .context(format_args!("reading {}", path.display()))?;
         let mut frames: BTreeMap<u64, Tagged> = BTreeMap::new();
         let mut good = 0usize;
         while let Some((kind, payload, next)) = next_record(&bytes, good) {
@@ -246,7 +268,7 @@ impl TagStore {
             }
             good = next;
         }
-        if good < bytes.len() {
+        if good < bytes.len() && writable {
             log::warn!(
                 "{}: {} bytes after the last whole record cut off (a write torn by a crash)",
                 path.display(),
@@ -262,7 +284,7 @@ impl TagStore {
             len: good as u64,
             frames,
         };
-        if store.len > 2 * store.live_bytes() + (1 << 20) {
+        if writable && store.len > 2 * store.live_bytes() + (1 << 20) {
             store.compact()?;
         }
         Ok(store)

@@ -20,6 +20,7 @@ mod epochs;
 pub mod head;
 pub mod linalg;
 pub mod loss;
+pub mod site;
 pub mod store;
 
 use super::features::{Features, VIEWS};
