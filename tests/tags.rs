@@ -151,11 +151,11 @@ fn a_torn_last_record_is_cut_and_the_rest_kept() {
     assert_eq!(TagStore::open(&d).unwrap().frames().count(), 0);
 }
 
-fn ask(s: &Shared, line: &str) -> String {
+fn ask(s: &Arc<Shared>, line: &str) -> String {
     s.answer(line.as_bytes()).0
 }
 
-fn ask_json(s: &Shared, req: Value) -> Value {
+fn ask_json(s: &Arc<Shared>, req: Value) -> Value {
     serde_json::from_str(&s.answer(req.to_string().as_bytes()).0).unwrap()
 }
 

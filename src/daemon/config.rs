@@ -30,6 +30,9 @@ pub struct Config {
     pub watch_cooldown_s: Option<u64>,
     /// Serve the protocol on stdin/stdout; default: when stdin is a terminal.
     pub console: Option<bool>,
+    /// The file these options came from (`--config`), which SIGHUP re-reads.
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
 }
 
 pub const OPTIONS: &[&str] = &[
@@ -56,7 +59,10 @@ impl Config {
     pub fn from_file(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path)
             .context(format_args!("cannot read config {}", path.display()))?;
-        toml::from_str(&text).context(format_args!("config {}", path.display()))
+        let mut cfg: Config =
+            toml::from_str(&text).context(format_args!("config {}", path.display()))?;
+        cfg.file = Some(path.to_path_buf());
+        Ok(cfg)
     }
 
     /// Command-line options override the file's.

@@ -161,7 +161,9 @@ fn encode_loop(s: Arc<Shared>, rx: Receiver<Queued>, embedding_gate: f32) {
             .into_iter()
             .map(|q| (q.image, (q.label, q.ts_ms)))
             .unzip();
-        let embeddings = match s.encoder.encode_images(&images) {
+        // one model for the batch, from encoding to storing (a reload waits for it)
+        let model = s.model();
+        let embeddings = match model.encode_images(&images) {
             Ok(e) => e,
             Err(e) => {
                 log::error!("encoding failed, {} frame(s) lost: {e}", images.len());

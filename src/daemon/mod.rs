@@ -9,6 +9,7 @@
 pub mod clients;
 pub mod config;
 pub mod ingest;
+pub mod reload;
 pub mod signals;
 pub mod transport;
 pub mod watch;
@@ -91,7 +92,11 @@ struct Subscriber {
 /// What the daemon's threads share. Its fields are the daemon's own; tests and tools see
 /// it through [`Shared::answer`], [`Shared::status`] and the accessors below.
 pub struct Shared {
-    pub(crate) encoder: Encoder,
+    /// The model. A search holds it (read) from encoding its query to the end of its scan,
+    /// the ingest thread from encoding a batch to storing it; a reload takes it (write) for
+    /// its commit, so no answer ever mixes two bundles' spaces ([`reload`]).
+    pub(crate) encoder: std::sync::RwLock<Arc<Encoder>>,
+    pub(crate) reload: Mutex<reload::State>,
     pub(crate) index: Index,
     pub(crate) source_id: String,
     pub(crate) counters: Counters,
@@ -122,7 +127,8 @@ impl Shared {
             format!("tags unavailable: {e}")
         });
         Shared {
-            encoder,
+            encoder: std::sync::RwLock::new(Arc::new(encoder)),
+            reload: Mutex::new(reload::State::default()),
             index,
             source_id: crate::index::slot::fit(source_id, crate::index::SOURCE_MAX).to_string(),
             counters: Counters::default(),
@@ -136,6 +142,15 @@ impl Shared {
             next_subscriber: AtomicU64::new(1),
             slots: Slots::new(QUERY_SLOTS),
         }
+    }
+
+    /// The model answering now (a reload swaps it).
+    pub fn encoder(&self) -> Arc<Encoder> {
+        self.model().clone()
+    }
+
+    pub(crate) fn model(&self) -> std::sync::RwLockReadGuard<'_, Arc<Encoder>> {
+        self.encoder.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The index frames are stored in.
@@ -211,9 +226,10 @@ impl Shared {
             store_errors: self.counters.store_errors.load(Relaxed),
             pushes_lost: self.counters.pushes_lost.load(Relaxed),
             source_done: self.source_done.load(Relaxed),
-            model: self.encoder.bundle().manifest.name.clone(),
+            model: self.model().bundle().manifest.name.clone(),
             uptime_s: self.started.elapsed().as_secs(),
             watches: self.watches.lock().expect("watches").list.len(),
+            reload: self.reload.lock().expect("reload").to_string(),
         }
     }
 
@@ -226,7 +242,7 @@ impl Shared {
     }
 
     /// What one request does.
-    pub fn handle(&self, req: &Request) -> Response {
+    pub fn handle(self: &Arc<Self>, req: &Request) -> Response {
         let t0 = Instant::now();
         match &req.cmd {
             Command::Search {
@@ -244,7 +260,8 @@ impl Shared {
                 };
                 // encoding and the scan in one query slot: scans are bounded like encodes
                 let found = self.with_query_slot(|| {
-                    let q = self.encoder.embed_text(text)?;
+                    let model = self.model();
+                    let q = model.embed_text(text)?;
                     Ok::<_, crate::Error>(self.index.search(&q, *k, &filter))
                 });
                 let hits = match found {
@@ -258,11 +275,19 @@ impl Shared {
             }
             Command::Similar { id, k } => match self.index.get(*id) {
                 None => Response::Error(format!("no frame {id} (it may have left the ring)")),
-                Some(e) => {
-                    // the frame itself would be its own best hit: ask for one more, drop it
-                    let q = e.dequantized();
-                    let scan = || self.index.search(&q, *k + 1, &Filter::default());
-                    let mut found = self.with_query_slot(scan);
+                Some(_) => {
+                    // the frame itself would be its own best hit: ask for one more, drop it;
+                    // read and scanned under one model (a reload commits between queries)
+                    let scan = || {
+                        let _model = self.model();
+                        let q = self.index.get(*id).map(|e| e.dequantized())?;
+                        Some(self.index.search(&q, *k + 1, &Filter::default()))
+                    };
+                    let Some(mut found) = self.with_query_slot(scan) else {
+                        return Response::Error(format!(
+                            "no frame {id} (it may have left the ring)"
+                        ));
+                    };
                     found.retain(|h| h.seq != *id);
                     found.truncate(*k);
                     Response::Hits {
@@ -279,7 +304,8 @@ impl Shared {
             Command::Status => Response::Status(self.status()),
             Command::Help => Response::Help,
             Command::WatchAdd { text } => {
-                match self.with_query_slot(|| self.encoder.embed_text(text)) {
+                let model = self.model();
+                match self.with_query_slot(|| model.embed_text(text)) {
                     Err(e) => Response::Error(format!("cannot encode the watch: {e}")),
                     Ok(emb) => {
                         let mut watches = self.watches.lock().expect("watches");
@@ -346,6 +372,10 @@ impl Shared {
                     .collect();
                 Response::Tags(pairs)
             }
+            Command::Reload { bundle } => match reload::start(self, bundle.into()) {
+                Ok(()) => Response::Done,
+                Err(e) => Response::Error(e),
+            },
             Command::WatchDel { n } => {
                 let mut watches = self.watches.lock().expect("watches");
                 if watches.remove(*n) {
@@ -359,7 +389,7 @@ impl Shared {
     }
 
     /// Parse and answer one line: the reply bytes, and whether the line was JSON.
-    pub fn answer(&self, line: &[u8]) -> (String, bool) {
+    pub fn answer(self: &Arc<Self>, line: &[u8]) -> (String, bool) {
         match protocol::parse(line) {
             Ok(req) => {
                 let json = matches!(req.form, Form::Json { .. });
@@ -382,7 +412,8 @@ pub fn start(cfg: &config::Config) -> crate::Result<(Arc<Shared>, std::thread::J
     // The socket first: a second daemon started by mistake stops here, before it touches the
     // index (which its writer lock also refuses).
     let listener = transport::bind(&cfg.socket())?;
-    let bundle = crate::bundle::Bundle::open(cfg.bundle())?;
+    // after a reload the index may belong to a bundle the config does not name yet
+    let bundle = crate::bundle::Bundle::open(reload::bundle_to_start(&cfg.bundle(), &cfg.index()))?;
     let encoder = Encoder::load(&bundle)?;
     log::info!(
         "bundle {} loaded in {} ms",
@@ -425,12 +456,12 @@ pub fn start(cfg: &config::Config) -> crate::Result<(Arc<Shared>, std::thread::J
         .watches
         .lock()
         .expect("watches")
-        .restore(shared.index.dir(), |t| shared.encoder.embed_text(t));
+        .restore(shared.index.dir(), |t| shared.model().embed_text(t));
     if restored > 0 {
         log::info!("{restored} watch(es) restored from {}", watch::FILE);
     }
     log::info!("source {spec}; socket {}", cfg.socket().display());
-    signals::stop_on_signal(shared.clone(), cfg.socket());
+    signals::stop_on_signal(shared.clone(), cfg.socket(), cfg.file.clone());
     ingest::start(shared.clone(), source, gates);
     if let Some(dev) = &cfg.serial {
         let (s, d, b) = (shared.clone(), dev.clone(), cfg.baud.unwrap_or(115_200));

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 /// Serve one connection until its reader ends.
 pub fn session<R: Read, W: Write + Send + 'static>(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     mut reader: R,
     mut writer: W,
     name: &str,

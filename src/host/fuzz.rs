@@ -146,7 +146,7 @@ fn protocol(seconds: f64, seed: u64, crash_dir: &Path) -> Result<Report> {
         e.resize(encoder.dim(), 0.01);
         index.append(seq as i64, "cam0", &format!("f{seq}"), &e, &thumb_for(seq))?;
     }
-    let shared = Shared::new(encoder, index, "cam0", Duration::from_secs(60));
+    let shared = std::sync::Arc::new(Shared::new(encoder, index, "cam0", Duration::from_secs(60)));
     let seeds: Vec<Vec<u8>> = [
         "search a rabbit k=3",
         "search 兔子 since=10m source=cam0",

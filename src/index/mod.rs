@@ -179,6 +179,8 @@ struct Maps {
     index: MmapMut,
     thumbs: MmapMut,
     features: MmapMut,
+    /// the bundle whose embeddings `index` holds (changes when a re-projection commits)
+    bundle_id: [u8; 32],
     /// Sequence number of the newest valid entry (0 when empty).
     head: u64,
     live: u64,
@@ -226,6 +228,35 @@ fn open_rw(path: &Path, create: bool) -> Result<File> {
         .mode(disk::FILE_MODE)
         .open(path)
         .context(format_args!("cannot open {}", path.display()))
+}
+
+/// Where a re-projection writes the index it will become (FORMAT.md, "Re-projection").
+pub const NEXT: &str = "index.ml.next";
+
+/// A stored entry on its way into another bundle's space: what a re-projection reads.
+pub struct Pending {
+    pub entry: Entry,
+    /// its backbone outputs, if the index kept them
+    pub kept: Option<Kept>,
+    /// its thumbnail, read only when there are no kept outputs (the lossy way back)
+    pub thumb: Option<Vec<u8>>,
+}
+
+/// What a re-projection does with a batch of entries: each one's new embedding, or None
+/// (left out of the new index).
+pub type Project<'a> = dyn FnMut(&[Pending]) -> Result<Vec<Option<Vec<f32>>>> + 'a;
+
+/// An `index.ml.next` being written: the index's entries re-projected into another bundle's
+/// space, swapped in by [`Index::commit_next`].
+pub struct Next {
+    path: PathBuf,
+    file: File,
+    header: Header,
+    /// entries up to this seq are in the file
+    done: u64,
+    /// entries written, and left out (no way to re-project them)
+    pub written: u64,
+    pub left_out: u64,
 }
 
 /// Creates `features.ml` for `capacity` slots of `layout` (empty slots), under a temporary
@@ -461,6 +492,16 @@ impl Index {
 
     fn open_locked(dir: &Path, lock: disk::WriterLock, expect: Option<&Expect>) -> Result<Index> {
         let ipath = dir.join("index.ml");
+        let next = dir.join(NEXT);
+        if next.exists() {
+            // a re-projection that did not reach its commit (the rename): rolled back
+            log::warn!(
+                "{}: an interrupted re-projection left {NEXT}; removed (the index stays in its \
+                 bundle's space)",
+                dir.display()
+            );
+            std::fs::remove_file(&next).context(format_args!("removing {}", next.display()))?;
+        }
         let f = open_rw(&ipath, false)?;
         let len = f.metadata().context("stat index.ml")?.len();
         let mut hb = vec![0u8; HEADER_SIZE.min(len as usize)];
@@ -505,6 +546,7 @@ impl Index {
             index,
             thumbs,
             features,
+            bundle_id: header.bundle_id,
             head: 0,
             live: 0,
         };
@@ -585,8 +627,14 @@ impl Index {
         r
     }
 
+    /// The header as opened (its `bundle_id` may since have changed: [`Index::bundle_id`]).
     pub fn header(&self) -> &Header {
         &self.header
+    }
+
+    /// The bundle whose embeddings the index holds now.
+    pub fn bundle_id(&self) -> [u8; 32] {
+        self.maps.read().expect("index lock").bundle_id
     }
 
     pub fn dir(&self) -> &Path {
@@ -859,6 +907,172 @@ impl Index {
         }
         r.quarantined = quarantine::slots(dir).len() as u64;
         Ok(r)
+    }
+
+    /// Starts a re-projection into the bundle `bundle_id` (same width): `index.ml.next`,
+    /// sized and reserved like the index, with the new header and no entries yet.
+    pub fn begin_next(&self, bundle_id: [u8; 32]) -> Result<Next> {
+        let path = self.dir.join(NEXT);
+        let h = Header {
+            version: VERSION,
+            bundle_id,
+            created_ms: now_ms(),
+            ..self.header
+        };
+        let len = HEADER_SIZE as u64 + h.capacity * h.slot_size as u64;
+        let file = open_rw(&path, true)?;
+        let made = file
+            .set_len(0)
+            .and_then(|_| file.set_len(len))
+            .context(format_args!("sizing {}", path.display()))
+            .and_then(|_| disk::reserve(&file, len, &path))
+            .and_then(|_| {
+                use std::os::unix::fs::FileExt;
+                file.write_all_at(&h.encode(), 0)
+                    .context(format_args!("writing {}", path.display()))
+            });
+        if let Err(e) = made {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        Ok(Next {
+            path,
+            file,
+            header: h,
+            done: 0,
+            written: 0,
+            left_out: 0,
+        })
+    }
+
+    /// Re-projects into `next` every valid entry newer than what it holds: `project` gets
+    /// them in batches and returns each one's new embedding (None: left out). Holds the read
+    /// lock only to copy a batch out, so searches and appends go on; call it again (under the
+    /// ingest thread's turn) for what was appended meanwhile, then [`Index::commit_next`].
+    pub fn fill_next(
+        &self,
+        next: &mut Next,
+        project: &mut Project,
+    ) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let (ss, dim, cap) = (
+            self.header.slot_size as usize,
+            self.header.dim as usize,
+            self.header.capacity,
+        );
+        let from = next.done;
+        let head = self.head();
+        let fss = self.layout.slot_size();
+        let mut i = 0u64;
+        while i < cap {
+            let mut batch: Vec<(u64, Pending, u32, u32)> = Vec::new();
+            {
+                let maps = self.maps.read().expect("index lock");
+                while i < cap && batch.len() < crate::encoder::reproject::BATCH {
+                    let off = HEADER_SIZE + i as usize * ss;
+                    if let Slot::Valid {
+                        entry,
+                        thumb_len,
+                        thumb_crc,
+                    } = slot::check(&maps.index[off..off + ss], i, &self.header)
+                    {
+                        if entry.seq > from && entry.seq <= head {
+                            let foff = features::HEADER_SIZE + i as usize * fss;
+                            let kept = features::decode(
+                                &maps.features[foff..foff + fss],
+                                entry.seq,
+                                &self.layout,
+                            );
+                            let thumb = kept.is_none().then(|| {
+                                let toff = i as usize * self.header.thumb_slot as usize;
+                                let len = (thumb_len as usize).min(self.header.thumb_slot as usize);
+                                let t = &maps.thumbs[toff..toff + len];
+                                (len > 0 && crc32(t) == thumb_crc).then(|| t.to_vec())
+                            });
+                            let pending = Pending {
+                                entry,
+                                kept,
+                                thumb: thumb.flatten(),
+                            };
+                            batch.push((i, pending, thumb_len, thumb_crc));
+                        }
+                    }
+                    i += 1;
+                }
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            let pending: Vec<Pending> = batch
+                .iter_mut()
+                .map(|(_, p, _, _)| Pending {
+                    entry: p.entry.clone(),
+                    kept: p.kept.take(),
+                    thumb: p.thumb.take(),
+                })
+                .collect();
+            let embeddings = project(&pending)?;
+            let mut bytes = vec![0u8; ss];
+            for ((slot_no, _, thumb_len, thumb_crc), (p, emb)) in
+                batch.iter().zip(pending.iter().zip(embeddings))
+            {
+                let off = (HEADER_SIZE + *slot_no as usize * ss) as u64;
+                match emb.filter(|e| e.len() == dim) {
+                    Some(e) => {
+                        let (q, scale) = quantize(&e);
+                        let entry = Entry {
+                            scale,
+                            embedding: q,
+                            ..p.entry.clone()
+                        };
+                        slot::encode(&entry, *thumb_len, *thumb_crc, &mut bytes);
+                        next.written += 1;
+                    }
+                    None => {
+                        bytes.fill(0);
+                        next.left_out += 1;
+                    }
+                }
+                next.file
+                    .write_all_at(&bytes, off)
+                    .context(format_args!("writing {}", next.path.display()))?;
+            }
+        }
+        next.done = head;
+        Ok(())
+    }
+
+    /// Swaps `next` in: synced, renamed over `index.ml` (the commit point: a crash before it
+    /// leaves the old index, after it the new one), mapped in place of the old one. The
+    /// caller holds the ingest thread's turn and has filled `next` up to the head.
+    pub fn commit_next(&self, next: Next) -> Result<()> {
+        if next.done != self.head() {
+            crate::bail!(
+                "entries were appended after the last fill: fill again under the ingest turn"
+            );
+        }
+        next.file
+            .sync_all()
+            .context(format_args!("syncing {}", next.path.display()))?;
+        let ipath = self.dir.join("index.ml");
+        let mut maps = self.maps.write().expect("index lock");
+        std::fs::rename(&next.path, &ipath).context("renaming the re-projected index")?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .context("syncing the index directory")?;
+        let len = HEADER_SIZE as u64 + self.header.capacity * self.header.slot_size as u64;
+        // SAFETY: the file is ours (the writer lock) and was sized by begin_next.
+        maps.index = unsafe { MmapOptions::new().len(len as usize).map_mut(&next.file) }
+            .context("mapping the re-projected index")?;
+        maps.bundle_id = next.header.bundle_id;
+        let ss = self.header.slot_size as usize;
+        maps.live = (0..self.header.capacity as usize)
+            .filter(|i| {
+                let off = HEADER_SIZE + i * ss;
+                maps.index[off..off + 8] != [0u8; 8]
+            })
+            .count() as u64;
+        Ok(())
     }
 
     pub(crate) fn with_slots<R>(&self, f: impl FnOnce(&[u8], &Header) -> R) -> R {

@@ -59,6 +59,10 @@ pub enum Command {
     Tags {
         id: Option<u64>,
     },
+    /// Swap in the bundle in this directory (same backbone), re-projecting the index.
+    Reload {
+        bundle: String,
+    },
     Help,
 }
 
@@ -191,6 +195,8 @@ pub struct StatusView {
     pub model: String,
     pub uptime_s: u64,
     pub watches: usize,
+    /// the last reload: `none`, `running`, `done`, or `failed: <reason>`
+    pub reload: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -222,6 +228,7 @@ pub const HELP: &[&str] = &[
     "status                                       counters and model",
     "watch add <text> | watch list | watch del <n> standing queries that push +MATCH",
     "tag <id> <text> | untag <id> [<text>] | tags [<id>]  say what a frame shows (training)",
+    "reload <bundle dir>                          swap in a retrained bundle (status: progress)",
     "JSON: {\"id\":1,\"cmd\":\"search\",\"text\":\"a rabbit\",\"k\":5}  (see docs/protocol.md)",
 ];
 

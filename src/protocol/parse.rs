@@ -137,6 +137,14 @@ pub fn parse(line: &[u8]) -> Result<Request, ParseError> {
                 }
             }
         }
+        "reload" if !rest.is_empty() => Command::Reload {
+            bundle: rest.to_string(),
+        },
+        "reload" => {
+            return Err(human(
+                "reload needs a bundle directory, e.g. reload /var/lib/moonlens/site".into(),
+            ))
+        }
         "tags" => Command::Tags {
             id: if rest.is_empty() {
                 None
@@ -243,6 +251,9 @@ fn parse_json(text: &str) -> Result<Request, ParseError> {
                 None => None,
                 Some(_) => Some(str_field("text")?),
             },
+        },
+        Some("reload") => Command::Reload {
+            bundle: str_field("bundle")?,
         },
         Some("tags") => Command::Tags {
             id: match obj.get("frame") {

@@ -1,0 +1,256 @@
+//! `reload <dir>` (and SIGHUP with a changed `bundle` in the config): another bundle over the
+//! same backbone takes over without re-encoding a frame. Every stored entry is re-projected
+//! from the backbone outputs the index kept (`features.ml`) through the new bundle's head
+//! ([`crate::encoder::reproject`]); entries stored before the index kept them are re-encoded
+//! from their thumbnails (a 160-px JPEG: lower quality, counted).
+//!
+//! The new embeddings go to `index.ml.next` while queries keep answering from the old ones.
+//! The commit, under the ingest thread's turn and the model's write lock: what was appended
+//! meanwhile is re-projected too, the file is synced and renamed over `index.ml`, the new
+//! model and the watches re-encoded with it take over. A query holds the model from its
+//! encoding to the end of its scan, so no answer mixes the two spaces. A crash before the
+//! rename leaves the old index (the next open removes `index.ml.next`); after it, the index
+//! is the new bundle's, and `reloaded.json` (written before the rename) tells the next start
+//! where that bundle is, whatever the config still says (FORMAT.md, "Re-projection").
+
+use super::Shared;
+use crate::bundle::{hex, Bundle};
+use crate::encoder::reproject::Reprojector;
+use crate::encoder::Encoder;
+use crate::error::{Context, Result};
+use crate::index::Pending;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Beside the index: the last bundle a reload committed, `{"bundle": path, "id": hex}`.
+pub const RECORD: &str = "reloaded.json";
+
+/// What `status` says about reloads.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum State {
+    #[default]
+    None,
+    Running {
+        done: u64,
+        of: u64,
+    },
+    Done(Done),
+    Failed(String),
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Done {
+    pub model: String,
+    /// entries re-projected from their kept backbone outputs
+    pub reprojected: u64,
+    /// entries re-encoded from their thumbnails (no kept outputs)
+    pub from_thumbnails: u64,
+    /// entries with neither, left out of the new index
+    pub left_out: u64,
+    pub ms: u64,
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            State::None => write!(f, "none"),
+            State::Running { done, of } => write!(f, "running {done}/{of}"),
+            State::Done(d) => write!(
+                f,
+                "done {} reprojected={} from_thumbnails={} left_out={} ms={}",
+                d.model, d.reprojected, d.from_thumbnails, d.left_out, d.ms
+            ),
+            State::Failed(e) => write!(f, "failed: {e}"),
+        }
+    }
+}
+
+/// Starts a reload of `dir` on its own thread; an error when one is already running.
+pub fn start(shared: &Arc<Shared>, dir: PathBuf) -> std::result::Result<(), String> {
+    {
+        let mut st = shared.reload.lock().expect("reload");
+        if matches!(*st, State::Running { .. }) {
+            return Err("a reload is already running (status shows how far)".into());
+        }
+        *st = State::Running {
+            done: 0,
+            of: shared.index.len(),
+        };
+    }
+    let s = shared.clone();
+    std::thread::Builder::new()
+        .name("reload".into())
+        .spawn(move || {
+            let result = run(&s, &dir);
+            let next = match result {
+                Ok(d) => {
+                    log::info!(
+                        "reload of {} done: {}",
+                        dir.display(),
+                        State::Done(d.clone())
+                    );
+                    State::Done(d)
+                }
+                Err(e) => {
+                    log::error!("reload of {} failed: {e}", dir.display());
+                    let _ = std::fs::remove_file(s.index.dir().join(crate::index::NEXT));
+                    State::Failed(e.to_string())
+                }
+            };
+            *s.reload.lock().expect("reload") = next;
+        })
+        .map(|_| ())
+        .map_err(|e| format!("cannot start the reload thread: {e}"))
+}
+
+/// Whether `bundle` can take over `shared`'s index: same width, same backbone.
+fn check(shared: &Shared, bundle: &Bundle, enc: &Encoder) -> Result<()> {
+    let index = &shared.index;
+    if bundle.id == index.bundle_id() {
+        crate::bail!(
+            "{} is the bundle the index already holds",
+            bundle.dir.display()
+        );
+    }
+    if enc.dim() != index.header().dim as usize {
+        crate::bail!(
+            "{} makes {}-d embeddings, the index holds {}-d: a bundle of another width needs a \
+             new index (move the index directory away)",
+            bundle.dir.display(),
+            enc.dim(),
+            index.header().dim
+        );
+    }
+    let (have, want) = (index.layout(), enc.layout());
+    if have.backbone_id != want.backbone_id
+        || have.features != want.features
+        || have.base != want.base
+    {
+        crate::bail!(
+            "{} has another backbone ({}…, the index kept outputs of {}…): its head cannot read \
+             them, so nothing can be re-projected; only re-encoding every entry from its 160-px \
+             thumbnail could move the index there, which this build does not offer: move the \
+             index directory away to start anew with that bundle",
+            bundle.dir.display(),
+            &hex(&want.backbone_id)[..12],
+            &hex(&have.backbone_id)[..12]
+        );
+    }
+    Ok(())
+}
+
+fn run(shared: &Shared, dir: &Path) -> Result<Done> {
+    let t0 = Instant::now();
+    let bundle = Bundle::open(dir)?;
+    let enc = Encoder::load(&bundle)?;
+    check(shared, &bundle, &enc)?;
+    let index = &shared.index;
+    let head = Reprojector::load(&bundle, index.layout())?;
+    let (mut from_thumbnails, mut reprojected) = (0u64, 0u64);
+    let of = index.len();
+    let mut project = |batch: &[Pending]| -> Result<Vec<Option<Vec<f32>>>> {
+        let kept: Vec<&crate::index::Kept> = batch.iter().filter_map(|p| p.kept.as_ref()).collect();
+        let mut projected = head.project(&kept)?.into_iter();
+        let mut out = Vec::with_capacity(batch.len());
+        for p in batch {
+            if p.kept.is_some() {
+                reprojected += 1;
+                out.push(projected.next());
+                continue;
+            }
+            // the lossy way back: the thumbnail through the whole new tower
+            let from_thumb = p
+                .thumb
+                .as_deref()
+                .and_then(|t| image::load_from_memory(t).ok())
+                .and_then(|img| enc.embed_image(&img).ok());
+            from_thumbnails += u64::from(from_thumb.is_some());
+            out.push(from_thumb);
+        }
+        let done = reprojected + from_thumbnails;
+        *shared.reload.lock().expect("reload") = super::reload::State::Running { done, of };
+        Ok(out)
+    };
+    let mut next = index.begin_next(bundle.id)?;
+    index.fill_next(&mut next, &mut project)?;
+    // the commit: nothing is appended, no query runs, while the index changes hands
+    let _turn = shared.ingest_turn.lock().unwrap_or_else(|p| p.into_inner());
+    index.fill_next(&mut next, &mut project)?;
+    write_record(index.dir(), &bundle)?;
+    let mut model = shared.encoder.write().unwrap_or_else(|p| p.into_inner());
+    let left_out = next.left_out;
+    index.commit_next(next)?;
+    {
+        let mut watches = shared.watches.lock().expect("watches");
+        for w in watches.list.iter_mut() {
+            match enc.embed_text(&w.text) {
+                Ok(e) => w.embedding = e,
+                Err(e) => log::error!("watch {} ({}) not re-encoded: {e}", w.n, w.text),
+            }
+        }
+    }
+    let name = bundle.manifest.name.clone();
+    *model = Arc::new(enc);
+    drop(model);
+    Ok(Done {
+        model: name,
+        reprojected,
+        from_thumbnails,
+        left_out,
+        ms: t0.elapsed().as_millis() as u64,
+    })
+}
+
+/// Records where the index's next bundle is, before the commit (temporary name, synced,
+/// renamed): after the commit the index names that bundle, and the next start finds it here.
+fn write_record(dir: &Path, bundle: &Bundle) -> Result<()> {
+    let path = std::fs::canonicalize(&bundle.dir).unwrap_or_else(|_| bundle.dir.clone());
+    let text = serde_json::json!({"bundle": path, "id": bundle.id_hex()}).to_string();
+    let tmp = dir.join(format!("{RECORD}.tmp"));
+    (|| -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, dir.join(RECORD))?;
+        std::fs::File::open(dir)?.sync_all()
+    })()
+    .context(format_args!("writing {}", dir.join(RECORD).display()))
+}
+
+/// The bundle to start with: `configured`, unless the index in `index_dir` was re-projected
+/// by a reload into the bundle that `reloaded.json` names (then that one, with a warning
+/// saying to update the config).
+pub fn bundle_to_start(configured: &Path, index_dir: &Path) -> PathBuf {
+    let header = std::fs::File::open(index_dir.join("index.ml"))
+        .ok()
+        .and_then(|f| {
+            use std::os::unix::fs::FileExt;
+            let mut page = vec![0u8; crate::index::HEADER_SIZE];
+            f.read_exact_at(&mut page, 0).ok()?;
+            crate::index::Header::decode(&page).ok()
+        });
+    let record: Option<serde_json::Value> = std::fs::read(index_dir.join(RECORD))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let (Some(h), Some(r)) = (header, record) else {
+        return configured.to_path_buf();
+    };
+    let (Some(id), Some(path)) = (r["id"].as_str(), r["bundle"].as_str()) else {
+        return configured.to_path_buf();
+    };
+    if id != hex(&h.bundle_id) {
+        return configured.to_path_buf();
+    }
+    match Bundle::open(configured) {
+        Ok(b) if b.id == h.bundle_id => configured.to_path_buf(),
+        _ => {
+            log::warn!(
+                "the index was re-projected into {path} by a reload; starting with it (set \
+                 bundle = \"{path}\" in the config, or pass --bundle {path})"
+            );
+            PathBuf::from(path)
+        }
+    }
+}
