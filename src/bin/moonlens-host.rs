@@ -24,6 +24,7 @@ const USAGE: &str = "usage:
   moonlens-host parity --bundle DIR   (a converted bundle's reference.json vs tract)
   moonlens-host bench encode --bundle DIR [--runs N] [--json]
   moonlens-host bench profile --bundle DIR [--runs N]
+  moonlens-host bench reproject [--bundle models/default] [--entries 10000] [--json]
   moonlens-host bench search [--entries N] [--queries N] [--json]
   moonlens-host fuzz protocol|index [--seconds 60] [--seed 1] [--crashes DIR]";
 
@@ -250,6 +251,17 @@ fn run() -> Result<()> {
             args.only(&["bundle", "runs", "json"])?;
             let enc = Encoder::load(&Bundle::open(args.require("bundle")?)?)?;
             moonlens::host::bench::encode(&enc, args.number("runs", 20)?, args.flag("json"))
+        }
+        ("bench", Some("reproject")) => {
+            args.only(&["bundle", "entries", "json"])?;
+            let enc = Encoder::load(&Bundle::open(
+                args.get("bundle").unwrap_or("models/default"),
+            )?)?;
+            moonlens::host::bench::reproject(
+                &enc,
+                args.number("entries", 10_000)?,
+                args.flag("json"),
+            )
         }
         ("bench", Some("profile")) => {
             args.only(&["bundle", "runs"])?;

@@ -372,7 +372,10 @@ impl Shared {
                     .collect();
                 Response::Tags(pairs)
             }
-            Command::Reload { bundle } => match reload::start(self, bundle.into()) {
+            Command::Reload {
+                bundle,
+                from_thumbnails,
+            } => match reload::start(self, bundle.into(), *from_thumbnails) {
                 Ok(()) => Response::Done,
                 Err(e) => Response::Error(e),
             },

@@ -4,6 +4,13 @@
 //! ([`crate::encoder::reproject`]); entries stored before the index kept them are re-encoded
 //! from their thumbnails (a 160-px JPEG: lower quality, counted).
 //!
+//! `reload <dir> from=thumbnails` is the explicit way into a bundle over another backbone
+//! (whose head cannot read the kept outputs): every entry is re-encoded from its thumbnail
+//! through the new tower. That costs quality (a 160-px JPEG instead of the frame: cosine
+//! 0.8-0.95 to the frame's embedding, measured in tests/reload.rs) and time (the whole
+//! tower per entry), and `features.ml` starts afresh for the new backbone (new frames keep
+//! outputs again).
+//!
 //! The new embeddings go to `index.ml.next` while queries keep answering from the old ones.
 //! The commit, under the ingest thread's turn and the model's write lock: what was appended
 //! meanwhile is re-projected too, the file is synced and renamed over `index.ml`, the new
@@ -66,8 +73,13 @@ impl std::fmt::Display for State {
     }
 }
 
-/// Starts a reload of `dir` on its own thread; an error when one is already running.
-pub fn start(shared: &Arc<Shared>, dir: PathBuf) -> std::result::Result<(), String> {
+/// Starts a reload of `dir` on its own thread (from the thumbnails alone with
+/// `from_thumbnails`); an error when one is already running.
+pub fn start(
+    shared: &Arc<Shared>,
+    dir: PathBuf,
+    from_thumbnails: bool,
+) -> std::result::Result<(), String> {
     {
         let mut st = shared.reload.lock().expect("reload");
         if matches!(*st, State::Running { .. }) {
@@ -82,7 +94,7 @@ pub fn start(shared: &Arc<Shared>, dir: PathBuf) -> std::result::Result<(), Stri
     std::thread::Builder::new()
         .name("reload".into())
         .spawn(move || {
-            let result = run(&s, &dir);
+            let result = run(&s, &dir, from_thumbnails);
             let next = match result {
                 Ok(d) => {
                     log::info!(
@@ -104,8 +116,9 @@ pub fn start(shared: &Arc<Shared>, dir: PathBuf) -> std::result::Result<(), Stri
         .map_err(|e| format!("cannot start the reload thread: {e}"))
 }
 
-/// Whether `bundle` can take over `shared`'s index: same width, same backbone.
-fn check(shared: &Shared, bundle: &Bundle, enc: &Encoder) -> Result<()> {
+/// Whether `bundle` can take over `shared`'s index: same width, and the same backbone unless
+/// every entry comes from its thumbnail.
+fn check(shared: &Shared, bundle: &Bundle, enc: &Encoder, from_thumbnails: bool) -> Result<()> {
     let index = &shared.index;
     if bundle.id == index.bundle_id() {
         crate::bail!(
@@ -123,15 +136,19 @@ fn check(shared: &Shared, bundle: &Bundle, enc: &Encoder) -> Result<()> {
         );
     }
     let (have, want) = (index.layout(), enc.layout());
+    if from_thumbnails {
+        return Ok(());
+    }
     if have.backbone_id != want.backbone_id
         || have.features != want.features
         || have.base != want.base
     {
         crate::bail!(
             "{} has another backbone ({}…, the index kept outputs of {}…): its head cannot read \
-             them, so nothing can be re-projected; only re-encoding every entry from its 160-px \
-             thumbnail could move the index there, which this build does not offer: move the \
-             index directory away to start anew with that bundle",
+             them, so nothing can be re-projected. `reload <dir> from=thumbnails` re-encodes \
+             every entry from its 160-px thumbnail instead: lower quality (a small JPEG, not the \
+             frame) and the whole image tower per entry; or move the index directory away to \
+             start anew with that bundle",
             bundle.dir.display(),
             &hex(&want.backbone_id)[..12],
             &hex(&have.backbone_id)[..12]
@@ -140,18 +157,25 @@ fn check(shared: &Shared, bundle: &Bundle, enc: &Encoder) -> Result<()> {
     Ok(())
 }
 
-fn run(shared: &Shared, dir: &Path) -> Result<Done> {
+fn run(shared: &Shared, dir: &Path, from_thumbnails: bool) -> Result<Done> {
     let t0 = Instant::now();
     let bundle = Bundle::open(dir)?;
     let enc = Encoder::load(&bundle)?;
-    check(shared, &bundle, &enc)?;
+    check(shared, &bundle, &enc, from_thumbnails)?;
     let index = &shared.index;
-    let head = Reprojector::load(&bundle, index.layout())?;
-    let (mut from_thumbnails, mut reprojected) = (0u64, 0u64);
+    let head = if from_thumbnails {
+        None
+    } else {
+        Some(Reprojector::load(&bundle, &index.layout())?)
+    };
+    let (mut thumbs_used, mut reprojected) = (0u64, 0u64);
     let of = index.len();
     let mut project = |batch: &[Pending]| -> Result<Vec<Option<Vec<f32>>>> {
         let kept: Vec<&crate::index::Kept> = batch.iter().filter_map(|p| p.kept.as_ref()).collect();
-        let mut projected = head.project(&kept)?.into_iter();
+        let mut projected = match &head {
+            Some(h) => h.project(&kept)?.into_iter(),
+            None => Vec::new().into_iter(),
+        };
         let mut out = Vec::with_capacity(batch.len());
         for p in batch {
             if p.kept.is_some() {
@@ -165,14 +189,14 @@ fn run(shared: &Shared, dir: &Path) -> Result<Done> {
                 .as_deref()
                 .and_then(|t| image::load_from_memory(t).ok())
                 .and_then(|img| enc.embed_image(&img).ok());
-            from_thumbnails += u64::from(from_thumb.is_some());
+            thumbs_used += u64::from(from_thumb.is_some());
             out.push(from_thumb);
         }
-        let done = reprojected + from_thumbnails;
+        let done = reprojected + thumbs_used;
         *shared.reload.lock().expect("reload") = super::reload::State::Running { done, of };
         Ok(out)
     };
-    let mut next = index.begin_next(bundle.id)?;
+    let mut next = index.begin_next(bundle.id, from_thumbnails.then(|| *enc.layout()))?;
     index.fill_next(&mut next, &mut project)?;
     // the commit: nothing is appended, no query runs, while the index changes hands
     let _turn = shared.ingest_turn.lock().unwrap_or_else(|p| p.into_inner());
@@ -196,7 +220,7 @@ fn run(shared: &Shared, dir: &Path) -> Result<Done> {
     Ok(Done {
         model: name,
         reprojected,
-        from_thumbnails,
+        from_thumbnails: thumbs_used,
         left_out,
         ms: t0.elapsed().as_millis() as u64,
     })

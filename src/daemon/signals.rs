@@ -86,7 +86,7 @@ fn reload_config(shared: &Arc<Shared>, config: Option<&std::path::Path>) {
         return;
     }
     log::info!("SIGHUP: reloading {}", wanted.display());
-    if let Err(e) = super::reload::start(shared, wanted) {
+    if let Err(e) = super::reload::start(shared, wanted, false) {
         log::error!("SIGHUP: {e}");
     }
 }

@@ -331,3 +331,85 @@ pub fn profile(enc: &Encoder, runs: usize) -> Result<()> {
     }
     Ok(())
 }
+
+/// Re-projection (`reload`) against encoding, one thread, in the same run: entries per
+/// second through the bundle's head from kept outputs, through the whole index path (read,
+/// project, write `index.ml.next`, commit) on a scratch index of `entries`, and frames per
+/// second through the whole image tower (what re-encoding would cost, with the frames).
+pub fn reproject(enc: &Encoder, entries: usize, json: bool) -> Result<()> {
+    use crate::encoder::reproject::Reprojector;
+    use crate::index::{Expect, Index, Kept};
+    let layout = *enc.layout();
+    let head = Reprojector::load(enc.bundle(), &layout)?;
+    // real backbone outputs of 8 different frames, copied with a little noise
+    let frames: Vec<image::DynamicImage> = (0..8u32)
+        .map(|k| {
+            image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(320, 240, |x, y| {
+                image::Rgb([
+                    ((x * (k + 1)) % 256) as u8,
+                    ((y * (9 - k)) % 256) as u8,
+                    ((x + y + 40 * k) % 256) as u8,
+                ])
+            }))
+        })
+        .collect();
+    let t = Instant::now();
+    let encoded = enc.encode_images(&frames)?;
+    let encode_fps = frames.len() as f64 / t.elapsed().as_secs_f64();
+    let mut rng = crate::host::train::linalg::Rng::new(3);
+    let mut noisy = |v: &[f32]| -> Vec<f32> {
+        v.iter()
+            .map(|x| x + (rng.uniform() as f32 - 0.5) * 0.01)
+            .collect()
+    };
+    let kept: Vec<Kept> = (0..entries)
+        .map(|i| {
+            let k = &encoded[i % encoded.len()].1;
+            Kept {
+                features: noisy(&k.features),
+                base: noisy(&k.base),
+            }
+        })
+        .collect();
+    let refs: Vec<&Kept> = kept.iter().collect();
+    let t = Instant::now();
+    let embeddings = head.project(&refs)?;
+    let head_fps = entries as f64 / t.elapsed().as_secs_f64();
+    // the whole path on a scratch index
+    let dir = std::env::temp_dir().join(format!("moonlens-bench-reproject-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let expect = Expect {
+        dim: enc.dim(),
+        bundle_id: enc.bundle().id,
+        layout,
+    };
+    let mut index = Index::open_or_create_with(&dir, entries as u64, &expect)?;
+    index.set_durable(false);
+    for (k, e) in kept.iter().zip(&embeddings) {
+        index.append_kept(0, "cam0", "f", e, b"", Some(k))?;
+    }
+    let t = Instant::now();
+    let mut next = index.begin_next([9u8; 32], None)?;
+    index.fill_next(&mut next, &mut |batch| {
+        let k: Vec<&Kept> = batch.iter().filter_map(|p| p.kept.as_ref()).collect();
+        Ok(head.project(&k)?.into_iter().map(Some).collect())
+    })?;
+    index.commit_next(next)?;
+    let index_fps = entries as f64 / t.elapsed().as_secs_f64();
+    drop(index);
+    let _ = std::fs::remove_dir_all(&dir);
+    if !json {
+        eprintln!(
+            "{entries} entries: head alone {head_fps:.0}/s, whole re-projection of an index {index_fps:.0}/s; \
+             the image tower {encode_fps:.1} frames/s ({:.0}x slower than the re-projection)",
+            index_fps / encode_fps
+        );
+    }
+    println!(
+        "{}",
+        serde_json::json!({"bundle": enc.bundle().manifest.name, "entries": entries, "threads": 1,
+            "head_per_s": head_fps, "index_per_s": index_fps, "encode_frames_per_s": encode_fps,
+            "ratio_index_to_encode": index_fps / encode_fps})
+    );
+    Ok(())
+}

@@ -181,6 +181,8 @@ struct Maps {
     features: MmapMut,
     /// the bundle whose embeddings `index` holds (changes when a re-projection commits)
     bundle_id: [u8; 32],
+    /// what `features` keeps (changes when a re-index from thumbnails commits)
+    layout: Layout,
     /// Sequence number of the newest valid entry (0 when empty).
     head: u64,
     live: u64,
@@ -189,7 +191,6 @@ struct Maps {
 pub struct Index {
     dir: PathBuf,
     header: Header,
-    layout: Layout,
     maps: RwLock<Maps>,
     /// flush to the media before `append` returns (off only in benchmarks)
     durable: bool,
@@ -257,6 +258,8 @@ pub struct Next {
     /// entries written, and left out (no way to re-project them)
     pub written: u64,
     pub left_out: u64,
+    /// a re-index from thumbnails into another backbone: what `features.ml` keeps after it
+    new_layout: Option<Layout>,
 }
 
 /// Creates `features.ml` for `capacity` slots of `layout` (empty slots), under a temporary
@@ -316,18 +319,23 @@ fn open_features(dir: &Path, capacity: u64, want: Option<Layout>) -> Result<(Fil
             create_features(dir, capacity, &w)?;
             w
         }
-        (Some(Ok(h)), Some(w)) => crate::bail!(
-            "{} keeps outputs of another backbone ({}…: {} + {} values, the bundle's is {}…: {} \
-             + {}); its heads cannot read them: use the bundle that wrote the index, or move \
-             the index away to re-index",
-            path.display(),
-            &crate::bundle::hex(&h.layout.backbone_id)[..12],
-            h.layout.features,
-            h.layout.base,
-            &crate::bundle::hex(&w.backbone_id)[..12],
-            w.features,
-            w.base
-        ),
+        // the index's bundle matched (checked first), so these are outputs no head of it can
+        // read: left by a re-index from thumbnails cut short between its two renames
+        (Some(Ok(h)), Some(w)) => {
+            log::warn!(
+                "{} keeps outputs of another backbone ({}…: {} + {} values; the bundle's is {}…: \
+                 {} + {}): made anew for this one (those outputs were of no use to it)",
+                path.display(),
+                &crate::bundle::hex(&h.layout.backbone_id)[..12],
+                h.layout.features,
+                h.layout.base,
+                &crate::bundle::hex(&w.backbone_id)[..12],
+                w.features,
+                w.base
+            );
+            create_features(dir, capacity, &w)?;
+            w
+        }
         (found, want) => {
             if let Some(Err(e)) = found {
                 log::warn!(
@@ -547,6 +555,7 @@ impl Index {
             thumbs,
             features,
             bundle_id: header.bundle_id,
+            layout,
             head: 0,
             live: 0,
         };
@@ -580,7 +589,6 @@ impl Index {
         Ok(Index {
             dir: dir.to_path_buf(),
             header,
-            layout,
             maps: RwLock::new(maps),
             durable: true,
             opened_report: report,
@@ -691,20 +699,6 @@ impl Index {
         kept: Option<&Kept>,
     ) -> Result<u64> {
         let dim = self.header.dim as usize;
-        let kept = kept.filter(|_| !self.layout.is_empty());
-        if let Some(k) = kept {
-            if k.features.len() != self.layout.features as usize
-                || k.base.len() != self.layout.base as usize
-            {
-                crate::bail!(
-                    "backbone outputs of {} + {} values, the index keeps {} + {}",
-                    k.features.len(),
-                    k.base.len(),
-                    self.layout.features,
-                    self.layout.base
-                );
-            }
-        }
         if embedding.len() != dim {
             crate::bail!(
                 "embedding has {} values, the index holds {dim}",
@@ -720,6 +714,20 @@ impl Index {
         }
         let (q, scale) = quantize(embedding);
         let mut maps = self.maps.write().expect("index lock");
+        let layout = maps.layout;
+        let kept = kept.filter(|_| !layout.is_empty());
+        if let Some(k) = kept {
+            if k.features.len() != layout.features as usize || k.base.len() != layout.base as usize
+            {
+                crate::bail!(
+                    "backbone outputs of {} + {} values, the index keeps {} + {}",
+                    k.features.len(),
+                    k.base.len(),
+                    layout.features,
+                    layout.base
+                );
+            }
+        }
         // a slot may carry any valid seq (a copied or crafted file): never wrap to 0
         let Some(seq) = maps.head.checked_add(1) else {
             return Err(crate::Error::of(
@@ -744,10 +752,10 @@ impl Index {
         slot::encode(&entry, thumb.len() as u32, crc32(thumb), &mut bytes);
         let toff = slot as usize * self.header.thumb_slot as usize;
         maps.thumbs[toff..toff + thumb.len()].copy_from_slice(thumb);
-        let fss = self.layout.slot_size();
+        let fss = layout.slot_size();
         let foff = features::HEADER_SIZE + slot as usize * fss;
         if let Some(k) = kept {
-            features::encode(seq, k, &self.layout, &mut maps.features[foff..foff + fss]);
+            features::encode(seq, k, &layout, &mut maps.features[foff..foff + fss]);
         }
         let off = HEADER_SIZE + slot as usize * bytes.len();
         let was_live = maps.index[off..off + 8] != [0u8; 8];
@@ -797,18 +805,17 @@ impl Index {
     }
 
     /// What the index keeps of each frame's backbone outputs.
-    pub fn layout(&self) -> &Layout {
-        &self.layout
+    pub fn layout(&self) -> Layout {
+        self.maps.read().expect("index lock").layout
     }
 
     /// The backbone outputs of entry `seq`: None when it left the ring, was stored without
     /// them (before a format upgrade, or by a bundle without features) or they are damaged.
     pub fn kept(&self, seq: u64) -> Option<Kept> {
-        let layout = self.layout;
-        let fss = layout.slot_size();
         self.valid(seq, |maps, (slot, _, _)| {
+            let fss = maps.layout.slot_size();
             let off = features::HEADER_SIZE + slot as usize * fss;
-            features::decode(&maps.features[off..off + fss], seq, &layout)
+            features::decode(&maps.features[off..off + fss], seq, &maps.layout)
         })
         .and_then(|(_, k)| k)
     }
@@ -910,8 +917,10 @@ impl Index {
     }
 
     /// Starts a re-projection into the bundle `bundle_id` (same width): `index.ml.next`,
-    /// sized and reserved like the index, with the new header and no entries yet.
-    pub fn begin_next(&self, bundle_id: [u8; 32]) -> Result<Next> {
+    /// sized and reserved like the index, with the new header and no entries yet. With
+    /// `new_layout` (a bundle over another backbone), entries come from their thumbnails only
+    /// and the commit starts `features.ml` afresh for that backbone.
+    pub fn begin_next(&self, bundle_id: [u8; 32], new_layout: Option<Layout>) -> Result<Next> {
         let path = self.dir.join(NEXT);
         let h = Header {
             version: VERSION,
@@ -942,6 +951,7 @@ impl Index {
             done: 0,
             written: 0,
             left_out: 0,
+            new_layout,
         })
     }
 
@@ -949,11 +959,7 @@ impl Index {
     /// them in batches and returns each one's new embedding (None: left out). Holds the read
     /// lock only to copy a batch out, so searches and appends go on; call it again (under the
     /// ingest thread's turn) for what was appended meanwhile, then [`Index::commit_next`].
-    pub fn fill_next(
-        &self,
-        next: &mut Next,
-        project: &mut Project,
-    ) -> Result<()> {
+    pub fn fill_next(&self, next: &mut Next, project: &mut Project) -> Result<()> {
         use std::os::unix::fs::FileExt;
         let (ss, dim, cap) = (
             self.header.slot_size as usize,
@@ -962,7 +968,6 @@ impl Index {
         );
         let from = next.done;
         let head = self.head();
-        let fss = self.layout.slot_size();
         let mut i = 0u64;
         while i < cap {
             let mut batch: Vec<(u64, Pending, u32, u32)> = Vec::new();
@@ -977,12 +982,17 @@ impl Index {
                     } = slot::check(&maps.index[off..off + ss], i, &self.header)
                     {
                         if entry.seq > from && entry.seq <= head {
+                            let fss = maps.layout.slot_size();
                             let foff = features::HEADER_SIZE + i as usize * fss;
-                            let kept = features::decode(
-                                &maps.features[foff..foff + fss],
-                                entry.seq,
-                                &self.layout,
-                            );
+                            // a re-index reads thumbnails only: kept outputs are another backbone's
+                            let kept = next.new_layout.is_none().then(|| {
+                                features::decode(
+                                    &maps.features[foff..foff + fss],
+                                    entry.seq,
+                                    &maps.layout,
+                                )
+                            });
+                            let kept = kept.flatten();
                             let thumb = kept.is_none().then(|| {
                                 let toff = i as usize * self.header.thumb_slot as usize;
                                 let len = (thumb_len as usize).min(self.header.thumb_slot as usize);
@@ -1065,6 +1075,18 @@ impl Index {
         maps.index = unsafe { MmapOptions::new().len(len as usize).map_mut(&next.file) }
             .context("mapping the re-projected index")?;
         maps.bundle_id = next.header.bundle_id;
+        if let Some(layout) = next.new_layout {
+            // after the rename: a crash between the two leaves the old backbone's file, which
+            // the next open finds foreign to the index's bundle and makes anew (open_features)
+            create_features(&self.dir, self.header.capacity, &layout)?;
+            let (ff, layout) = open_features(&self.dir, self.header.capacity, Some(layout))?;
+            let flen =
+                features::HEADER_SIZE as u64 + self.header.capacity * layout.slot_size() as u64;
+            // SAFETY: as at open: our file, sized by open_features
+            maps.features = unsafe { MmapOptions::new().len(flen as usize).map_mut(&ff) }
+                .context("mapping the new features.ml")?;
+            maps.layout = layout;
+        }
         let ss = self.header.slot_size as usize;
         maps.live = (0..self.header.capacity as usize)
             .filter(|i| {

@@ -62,6 +62,8 @@ pub enum Command {
     /// Swap in the bundle in this directory (same backbone), re-projecting the index.
     Reload {
         bundle: String,
+        /// re-encode every entry from its thumbnail (a bundle over another backbone)
+        from_thumbnails: bool,
     },
     Help,
 }
@@ -228,7 +230,7 @@ pub const HELP: &[&str] = &[
     "status                                       counters and model",
     "watch add <text> | watch list | watch del <n> standing queries that push +MATCH",
     "tag <id> <text> | untag <id> [<text>] | tags [<id>]  say what a frame shows (training)",
-    "reload <bundle dir>                          swap in a retrained bundle (status: progress)",
+    "reload <bundle dir> [from=thumbnails]        swap in a retrained bundle (status: progress)",
     "JSON: {\"id\":1,\"cmd\":\"search\",\"text\":\"a rabbit\",\"k\":5}  (see docs/protocol.md)",
 ];
 

@@ -137,9 +137,16 @@ pub fn parse(line: &[u8]) -> Result<Request, ParseError> {
                 }
             }
         }
-        "reload" if !rest.is_empty() => Command::Reload {
-            bundle: rest.to_string(),
-        },
+        "reload" if !rest.is_empty() => {
+            let (bundle, from_thumbnails) = match rest.strip_suffix("from=thumbnails") {
+                Some(b) => (b.trim_end(), true),
+                None => (rest, false),
+            };
+            Command::Reload {
+                bundle: bundle.to_string(),
+                from_thumbnails,
+            }
+        }
         "reload" => {
             return Err(human(
                 "reload needs a bundle directory, e.g. reload /var/lib/moonlens/site".into(),
@@ -254,6 +261,11 @@ fn parse_json(text: &str) -> Result<Request, ParseError> {
         },
         Some("reload") => Command::Reload {
             bundle: str_field("bundle")?,
+            from_thumbnails: match obj.get("from") {
+                None => false,
+                Some(Value::String(f)) if f == "thumbnails" => true,
+                Some(_) => return Err(err("\"from\" can only be \"thumbnails\"".into())),
+            },
         },
         Some("tags") => Command::Tags {
             id: match obj.get("frame") {

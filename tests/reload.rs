@@ -1,0 +1,312 @@
+//! `reload` (issue 16, part 4) at its edges: refusals, entries without kept outputs, a crash
+//! before the commit, a restart after it.
+
+mod common;
+use common::*;
+use moonlens::bundle::Bundle;
+use moonlens::daemon::Shared;
+use moonlens::encoder::Encoder;
+use moonlens::index::search::Filter;
+use moonlens::index::{Expect, Index};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The default bundle under another id (a comment added to bundle.toml): the same towers, so
+/// re-projecting into it must give back the embeddings the index holds.
+fn twin(dir: &Path) -> PathBuf {
+    twin_named(dir, "twin", None)
+}
+
+/// [`twin`], optionally claiming another backbone (`[heads] features_from`).
+fn twin_named(dir: &Path, name: &str, backbone: Option<&str>) -> PathBuf {
+    let src = root().join("models/default");
+    let out = dir.join(name);
+    std::fs::create_dir_all(&out).unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, out.join(p.file_name().unwrap())).unwrap();
+    }
+    let toml = std::fs::read_to_string(out.join("bundle.toml")).unwrap();
+    let mut toml = toml.replacen("\nname = \"", &format!("\nname = \"{name}-"), 1);
+    if let Some(b) = backbone {
+        let at = toml.find("features_from = \"").unwrap() + "features_from = \"".len();
+        toml.replace_range(at..at + 64, b);
+    }
+    std::fs::write(
+        out.join("bundle.toml"),
+        format!("# a twin for tests/reload.rs\n{toml}"),
+    )
+    .unwrap();
+    out
+}
+
+fn shared(dir: &Path) -> Arc<Shared> {
+    let bundle = default_bundle();
+    let enc = Encoder::load(&bundle).unwrap();
+    let expect = Expect {
+        dim: enc.dim(),
+        bundle_id: bundle.id,
+        layout: *enc.layout(),
+    };
+    let idx = Index::open_or_create_with(dir, 64, &expect).unwrap();
+    Arc::new(Shared::new(enc, idx, "cam0", Duration::from_secs(60)))
+}
+
+const SAMPLES: [&str; 6] = [
+    "badger.png",
+    "banana.png",
+    "bee.png",
+    "duck.png",
+    "pear.png",
+    "rabbit.png",
+];
+
+/// Stores the samples: the first `with_kept` with their backbone outputs, the rest as a
+/// format-1 daemon stored them (embedding and thumbnail only).
+fn store(s: &Shared, with_kept: usize) {
+    let enc = s.encoder();
+    for (i, name) in SAMPLES.iter().enumerate() {
+        let img = image::open(root().join("models/samples").join(name)).unwrap();
+        let (emb, kept) = enc
+            .encode_images(std::slice::from_ref(&img))
+            .unwrap()
+            .remove(0);
+        let thumb = moonlens::daemon::ingest::thumbnail(&img);
+        let kept = (i < with_kept).then_some(&kept);
+        s.index()
+            .append_kept(i as i64, "cam0", name, &emb, &thumb, kept)
+            .unwrap();
+    }
+}
+
+fn ask(s: &Arc<Shared>, line: &str) -> String {
+    s.answer(line.as_bytes()).0
+}
+
+/// Waits for the reload to end; its status field.
+fn finished(s: &Arc<Shared>) -> String {
+    let t0 = Instant::now();
+    loop {
+        let st = s.status().reload;
+        if !st.starts_with("running") {
+            return st;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "reload did not end"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn refused_bundles_change_nothing_and_say_why() {
+    let d = tempdir("reload-refused");
+    let s = shared(&d.join("index"));
+    store(&s, SAMPLES.len());
+    let before = ask(&s, "search a banana k=3");
+    let model = s.status().model;
+    for (bundle, why) in [
+        (root().join("tests/fixtures/clip-tiny"), "new index"),
+        (d.join("nowhere"), "cannot read"),
+        (root().join("models/default"), "already holds"),
+    ] {
+        assert_eq!(ask(&s, &format!("reload {}", bundle.display())), "OK\n");
+        let st = finished(&s);
+        assert!(
+            st.starts_with("failed: ") && st.contains(why),
+            "{bundle:?}: {st}"
+        );
+        assert_eq!(s.status().model, model);
+        assert_eq!(
+            ask(&s, "search a banana k=3").lines().next(),
+            before.lines().next()
+        );
+    }
+    assert!(!d.join("index").join(moonlens::index::NEXT).exists());
+    assert!(ask(&s, "reload").starts_with("ERROR reload needs a bundle directory"));
+}
+
+#[test]
+fn a_reload_gives_back_the_same_embeddings_and_recovers_old_entries_from_thumbnails() {
+    let d = tempdir("reload-twin");
+    let s = shared(&d.join("index"));
+    store(&s, 4);
+    let before: Vec<Vec<f32>> = (1..=6)
+        .map(|id| s.index().get(id).unwrap().dequantized())
+        .collect();
+    let twin = twin(&d);
+    assert_eq!(ask(&s, &format!("reload {}", twin.display())), "OK\n");
+    let st = finished(&s);
+    assert!(
+        st.starts_with("done ") && st.contains("reprojected=4 from_thumbnails=2 left_out=0"),
+        "{st}"
+    );
+    assert_eq!(s.index().bundle_id(), Bundle::open(&twin).unwrap().id);
+    assert_eq!(s.encoder().bundle().id, Bundle::open(&twin).unwrap().id);
+    for id in 1..=6u64 {
+        let after = s.index().get(id).unwrap().dequantized();
+        let cos = cosine(&before[id as usize - 1], &after);
+        eprintln!("entry {id}: cosine to its embedding before the reload {cos:.5}");
+        // re-projected from kept outputs: the same head on int8 copies; from a 160-px JPEG:
+        // the same tower on a smaller, lossier picture
+        assert!(cos > if id <= 4 { 0.999 } else { 0.8 }, "entry {id}: {cos}");
+    }
+    let hits = s.index().search(
+        &s.encoder().embed_text("a banana").unwrap(),
+        1,
+        &Filter::default(),
+    );
+    assert_eq!(s.index().get(hits[0].seq).unwrap().label, "banana.png");
+}
+
+#[test]
+fn a_crash_before_the_commit_leaves_the_old_index() {
+    let d = tempdir("reload-crash");
+    let dir = d.join("index");
+    let old_id;
+    {
+        let s = shared(&dir);
+        store(&s, SAMPLES.len());
+        old_id = s.index().bundle_id();
+        // a re-projection that got as far as writing every entry, then the power went
+        let mut next = s.index().begin_next([1u8; 32], None).unwrap();
+        s.index()
+            .fill_next(&mut next, &mut |b| {
+                Ok(b.iter().map(|_| Some(vec![0.5f32; 640])).collect())
+            })
+            .unwrap();
+        std::mem::forget(next);
+    }
+    assert!(dir.join(moonlens::index::NEXT).exists());
+    let s = shared(&dir);
+    assert!(
+        !dir.join(moonlens::index::NEXT).exists(),
+        "rolled back at open"
+    );
+    assert_eq!(s.index().bundle_id(), old_id);
+    assert_eq!(s.index().len(), SAMPLES.len() as u64);
+    let hits = s.index().search(
+        &s.encoder().embed_text("a duck").unwrap(),
+        1,
+        &Filter::default(),
+    );
+    assert_eq!(s.index().get(hits[0].seq).unwrap().label, "duck.png");
+}
+
+/// After the commit the index names the new bundle; a restart whose config still names the
+/// old one starts with the new one (reloaded.json), and the real daemon serves it.
+#[test]
+fn a_restart_after_the_commit_comes_back_in_the_new_space() {
+    let d = tempdir("reload-restart");
+    let dir = d.join("index");
+    let twin = twin(&d);
+    {
+        let s = shared(&dir);
+        store(&s, SAMPLES.len());
+        assert_eq!(ask(&s, &format!("reload {}", twin.display())), "OK\n");
+        assert!(finished(&s).starts_with("done"));
+    }
+    let picked = moonlens::daemon::reload::bundle_to_start(&root().join("models/default"), &dir);
+    assert_eq!(
+        std::fs::canonicalize(picked).unwrap(),
+        std::fs::canonicalize(&twin).unwrap()
+    );
+    let frames = d.join("frames");
+    std::fs::create_dir_all(&frames).unwrap();
+    std::fs::copy(
+        root().join("models/samples/lemon.png"),
+        frames.join("lemon.png"),
+    )
+    .unwrap();
+    let sock = d.join("d.sock");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_moonlensd"))
+        .current_dir(root())
+        .arg("--source")
+        .arg(format!("dir:{}", frames.display()))
+        .args(["--no-console", "--index"])
+        .arg(&dir)
+        .arg("--socket")
+        .arg(&sock)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let st = loop {
+        if let Ok(st) = ask_json(&sock, &serde_json::json!({"cmd": "status"})) {
+            break st;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the daemon did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        st["frames"].as_u64().unwrap() >= SAMPLES.len() as u64,
+        "{st}"
+    );
+    assert_eq!(st["model"], Bundle::open(&twin).unwrap().manifest.name);
+}
+
+/// A bundle over another backbone: refused by a plain reload (its head cannot read the kept
+/// outputs), taken by `from=thumbnails`, which re-encodes every entry from its thumbnail and
+/// starts features.ml afresh for the new backbone.
+#[test]
+fn another_backbone_takes_over_only_from_thumbnails() {
+    let d = tempdir("reload-other-backbone");
+    let s = shared(&d.join("index"));
+    store(&s, SAMPLES.len());
+    let other = twin_named(&d, "other", Some(&"ab".repeat(32)));
+    assert_eq!(ask(&s, &format!("reload {}", other.display())), "OK\n");
+    let st = finished(&s);
+    assert!(
+        st.contains("another backbone") && st.contains("from=thumbnails"),
+        "{st}"
+    );
+    let r = ask(
+        &s,
+        &format!(
+            r#"{{"id":1,"cmd":"reload","bundle":"{}","from":"thumbnails"}}"#,
+            other.display()
+        ),
+    );
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&r).unwrap(),
+        serde_json::json!({"id": 1, "ok": true})
+    );
+    let st = finished(&s);
+    assert!(
+        st.contains("reprojected=0 from_thumbnails=6 left_out=0"),
+        "{st}"
+    );
+    let layout = s.index().layout();
+    assert_eq!(moonlens::bundle::hex(&layout.backbone_id), "ab".repeat(32));
+    assert_eq!(
+        s.index().kept(1),
+        None,
+        "the old backbone's outputs are gone"
+    );
+    let hits = s.index().search(
+        &s.encoder().embed_text("a pear").unwrap(),
+        1,
+        &Filter::default(),
+    );
+    assert_eq!(s.index().get(hits[0].seq).unwrap().label, "pear.png");
+    // new frames keep outputs of the new backbone
+    let img = image::open(root().join("models/samples/lemon.png")).unwrap();
+    let (emb, kept) = s
+        .encoder()
+        .encode_images(std::slice::from_ref(&img))
+        .unwrap()
+        .remove(0);
+    let id = s
+        .index()
+        .append_kept(9, "cam0", "lemon.png", &emb, b"", Some(&kept))
+        .unwrap();
+    assert!(s.index().kept(id).is_some());
+}
