@@ -310,3 +310,76 @@ fn another_backbone_takes_over_only_from_thumbnails() {
         .unwrap();
     assert!(s.index().kept(id).is_some());
 }
+
+/// `systemctl reload` (SIGHUP): the daemon re-reads its config file and swaps in the bundle
+/// it now names; a config naming the running bundle changes nothing.
+#[test]
+fn sighup_reloads_the_bundle_the_config_names() {
+    let d = tempdir("reload-sighup");
+    let twin = twin(&d);
+    let config = d.join("moonlensd.toml");
+    let write_config = |bundle: &Path| {
+        std::fs::write(
+            &config,
+            format!(
+                "bundle = \"{}\"\nsource = \"dir:{}\"\nindex = \"{}\"\nsocket = \"{}\"\ncapacity = 100\n",
+                bundle.display(),
+                root().join("models/samples").display(),
+                d.join("index").display(),
+                d.join("d.sock").display()
+            ),
+        )
+        .unwrap()
+    };
+    write_config(&root().join("models/default"));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_moonlensd"))
+        .current_dir(root())
+        .args(["--no-console", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let sock = d.join("d.sock");
+    let status = || ask_json(&sock, &serde_json::json!({"cmd": "status"}));
+    let wait = |want: &dyn Fn(&serde_json::Value) -> bool| {
+        let t0 = Instant::now();
+        loop {
+            if let Ok(st) = status() {
+                if want(&st) {
+                    return st;
+                }
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "timed out: {:?}",
+                status()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait(&|st| st["source_done"] == true);
+    // SAFETY: signals our own child, by its pid
+    let hup = || unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    hup();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        status().unwrap()["reload"],
+        "none",
+        "the same bundle: nothing to do"
+    );
+    write_config(&twin);
+    hup();
+    let st = wait(&|st| st["reload"].as_str().is_some_and(|r| r.starts_with("done")));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        st["model"],
+        Bundle::open(&twin).unwrap().manifest.name,
+        "{st}"
+    );
+    assert!(
+        st["reload"].as_str().unwrap().contains("reprojected=22"),
+        "{st}"
+    );
+}

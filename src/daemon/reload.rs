@@ -7,7 +7,7 @@
 //! `reload <dir> from=thumbnails` is the explicit way into a bundle over another backbone
 //! (whose head cannot read the kept outputs): every entry is re-encoded from its thumbnail
 //! through the new tower. That costs quality (a 160-px JPEG instead of the frame: cosine
-//! 0.8-0.95 to the frame's embedding, measured in tests/reload.rs) and time (the whole
+//! 0.93-0.97 to the frame's embedding on the samples, tests/reload.rs) and time (the whole
 //! tower per entry), and `features.ml` starts afresh for the new backbone (new frames keep
 //! outputs again).
 //!

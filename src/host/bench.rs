@@ -353,6 +353,7 @@ pub fn reproject(enc: &Encoder, entries: usize, json: bool) -> Result<()> {
             }))
         })
         .collect();
+    enc.encode_images(&frames)?; // warm-up: the batch plan is built on first use
     let t = Instant::now();
     let encoded = enc.encode_images(&frames)?;
     let encode_fps = frames.len() as f64 / t.elapsed().as_secs_f64();
@@ -365,9 +366,12 @@ pub fn reproject(enc: &Encoder, entries: usize, json: bool) -> Result<()> {
     let kept: Vec<Kept> = (0..entries)
         .map(|i| {
             let k = &encoded[i % encoded.len()].1;
+            // the bridge embedding stays unit length (the tower mixes it in as it is)
+            let base = noisy(&k.base);
+            let n = base.iter().map(|x| x * x).sum::<f32>().sqrt();
             Kept {
                 features: noisy(&k.features),
-                base: noisy(&k.base),
+                base: base.iter().map(|x| x / n).collect(),
             }
         })
         .collect();
