@@ -5,26 +5,32 @@
 //! ones below it, and each binary is a thin shell over it.
 //!
 //! ```text
-//! ingest:  source ──frame──▶ encoder.image ──embedding──▶ index.append
+//! ingest:  source ──frame──▶ encoder.image ──embedding + kept outputs──▶ index.append_kept
 //! query:   transport ──bytes──▶ protocol::parse ──Request──▶ encoder.text ──▶ index.search
 //!          transport ◀──bytes── protocol::emit  ◀──Response──────────────────┘
+//! learn:   tag ──▶ index::tags ──▶ host::train::site ──bundle──▶ reload:
+//!          index features ──▶ encoder::reproject ──▶ index.ml.next ──rename──▶ index
 //! ```
 //!
 //! - [`bundle`]: read and verify a model bundle (`bundle.toml`, sha256 of every file).
 //!   Knows nothing of tract.
 //! - [`encoder`]: preprocessing, tokenization and the tract plans; `embed_image`,
 //!   `embed_text` (routed to the bundle's multilingual text tower when the query needs it);
-//!   `encoder::rewrite` unpacks 4-bit weight blocks before tract reads a graph.
+//!   `encoder::rewrite` unpacks 4-bit weight blocks before tract reads a graph;
+//!   `encoder::reproject` cuts the head out of an image tower (kept outputs → embedding).
 //! - [`error`]: one error type whose messages say what to do.
-//! - [`index`]: the memory-mapped ring of quantized embeddings and thumbnails
-//!   (`src/index/FORMAT.md`; the slot layout once, in `index::slot`), exact top-k search.
+//! - [`index`]: the memory-mapped ring of quantized embeddings and thumbnails, and of the
+//!   frozen backbones' outputs each embedding came from (`index::features`), exact top-k
+//!   search, re-projection into another bundle; the operator's tags (`index::tags`)
+//!   (`src/index/FORMAT.md`; the slot layout once, in `index::slot`).
 //! - [`protocol`]: typed requests parsed from bounded lines of bytes (`protocol::parse`),
 //!   typed replies rendered in the request's form (`protocol::emit`).
 //! - [`source`]: frame sources (V4L2, a directory replay, a fault injector for tests).
-//! - [`daemon`]: ingest, transports (socket, serial, console), watches.
+//! - [`daemon`]: ingest, transports (socket, serial, console), watches, reload.
 //! - `host` (feature `host`, workstation only): offline training of the projection heads
 //!   (`host::train`, hand-written gradients), distillation of a multilingual text tower
-//!   (`host::train::distill`), export to a bundle (`host::export`), features cache,
+//!   (`host::train::distill`), a new image head from an index's tags (`host::train::site`),
+//!   export to a bundle (`host::export`), features cache,
 //!   evaluation, contact sheets and benchmarks.
 //!
 //! ## In code

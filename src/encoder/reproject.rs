@@ -8,12 +8,11 @@
 //! the new bundle would have computed from the frame (up to the int8 storage of the outputs,
 //! measured in tests/reload.rs).
 
-use super::rewrite::prune;
+use super::rewrite::{prune, value_info};
 use super::{onnx_model_edited, rows};
 use crate::bundle::Bundle;
 use crate::error::{Error, Result};
 use crate::index::{Kept, Layout};
-use tract_onnx::pb;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::dims;
 
@@ -56,7 +55,7 @@ impl Reprojector {
                 .retain(|n| !n.output.iter().any(|o| names.iter().any(|(k, _)| k == o)));
             g.input = names
                 .iter()
-                .map(|(n, w)| input_info(n, *w as i64))
+                .map(|(n, w)| value_info(n, Some(*w as usize)))
                 .collect();
             g.output.retain(|o| o.name == embedding);
             prune(g);
@@ -128,26 +127,5 @@ impl Reprojector {
             out.extend(rows(&t.into_tvalue(), chunk.len(), self.dim)?);
         }
         Ok(out)
-    }
-}
-
-fn input_info(name: &str, width: i64) -> pb::ValueInfoProto {
-    use pb::tensor_shape_proto::dimension::Value;
-    let d = |v| pb::tensor_shape_proto::Dimension {
-        value: Some(v),
-        ..Default::default()
-    };
-    pb::ValueInfoProto {
-        name: name.into(),
-        r#type: Some(pb::TypeProto {
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type: 1,
-                shape: Some(pb::TensorShapeProto {
-                    dim: vec![d(Value::DimParam("N".into())), d(Value::DimValue(width))],
-                }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
     }
 }

@@ -26,6 +26,31 @@ const FLOAT: i32 = 1;
 const UINT8: i32 = 2;
 const FLOAT16: i32 = 10;
 
+/// A graph input or output of f32 rows: `[N, width]` (a named width when it is not known).
+pub fn value_info(name: &str, width: Option<usize>) -> pb::ValueInfoProto {
+    use pb::tensor_shape_proto::{dimension::Value, Dimension};
+    let d = |v| Dimension {
+        value: Some(v),
+        ..Default::default()
+    };
+    let width = width.map_or(Value::DimParam(format!("{name}_width")), |w| {
+        Value::DimValue(w as i64)
+    });
+    pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: FLOAT,
+                shape: Some(pb::TensorShapeProto {
+                    dim: vec![d(Value::DimParam("N".into())), d(width)],
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// Drops the nodes and initializers no graph output depends on.
 pub fn prune(g: &mut pb::GraphProto) {
     let mut needed: HashSet<String> = g.output.iter().map(|o| o.name.clone()).collect();

@@ -14,6 +14,7 @@ use super::train::head::{Head, LN_EPS};
 use super::train::store::Heads;
 use super::train::ImageInput;
 use crate::bundle::{sha256_file, Bundle, Manifest};
+use crate::encoder::rewrite::value_info;
 use crate::error::{Context, Error, Result};
 use prost::Message;
 use std::path::Path;
@@ -176,32 +177,6 @@ fn rename(g: &mut pb::GraphProto, from: &str, to: &str) {
     }
 }
 
-fn output_info(name: &str, dim: Option<usize>) -> pb::ValueInfoProto {
-    use pb::tensor_shape_proto::{dimension::Value, Dimension};
-    let d = |v| Dimension {
-        value: Some(v),
-        ..Default::default()
-    };
-    pb::ValueInfoProto {
-        name: name.into(),
-        r#type: Some(pb::TypeProto {
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type: FLOAT,
-                shape: Some(pb::TensorShapeProto {
-                    dim: vec![
-                        d(Value::DimParam("N".into())),
-                        d(dim.map_or(Value::DimParam(format!("{name}_width")), |w| {
-                            Value::DimValue(w as i64)
-                        })),
-                    ],
-                }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 /// One tower to rewrite.
 struct Tower<'a> {
     src: &'a Path,
@@ -275,8 +250,8 @@ fn append_head(t: &Tower, head: &Head, int8: bool, mix: Option<(f64, usize)>) ->
         dim += base_dim;
     }
     rename(g, &out, "embedding");
-    g.output = std::iter::once(output_info("embedding", Some(dim)))
-        .chain(t.keep.iter().map(|(n, d)| output_info(n, *d)))
+    g.output = std::iter::once(value_info("embedding", Some(dim)))
+        .chain(t.keep.iter().map(|(n, d)| value_info(n, *d)))
         .collect();
     // (for a head on the raw features: the whole bridge, its class matrix is dead weight)
     crate::encoder::rewrite::prune(g);
