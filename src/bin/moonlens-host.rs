@@ -25,7 +25,7 @@ const USAGE: &str = "usage:
   moonlens-host bench encode --bundle DIR [--runs N] [--json]
   moonlens-host bench profile --bundle DIR [--runs N]
   moonlens-host bench reproject [--bundle models/default] [--entries 10000] [--json]
-  moonlens-host bench search [--entries N] [--queries N] [--json]
+  moonlens-host bench search [--entries N] [--queries N] [--exact] [--candidates N] [--bundle models/default] [--images models/samples] [--json]
   moonlens-host fuzz protocol|index [--seconds 60] [--seed 1] [--crashes DIR]";
 
 /// The options `train` and `distill` share.
@@ -287,10 +287,25 @@ fn run() -> Result<()> {
             Ok(())
         }
         ("bench", Some("search")) => {
-            args.only(&["entries", "queries", "json"])?;
+            args.only(&[
+                "bundle",
+                "images",
+                "entries",
+                "queries",
+                "exact",
+                "candidates",
+                "json",
+            ])?;
+            let enc = Encoder::load(&Bundle::open(
+                args.get("bundle").unwrap_or("models/default"),
+            )?)?;
             moonlens::host::bench::search(
+                &enc,
+                Path::new(args.get("images").unwrap_or("models/samples")),
                 args.number("entries", 100_000)?,
                 args.number("queries", 50)?,
+                args.flag("exact"),
+                args.number("candidates", moonlens::index::search::CANDIDATES)?,
                 args.flag("json"),
             )
         }

@@ -15,7 +15,7 @@ pub mod transport;
 pub mod watch;
 
 use crate::encoder::Encoder;
-use crate::index::search::Filter;
+use crate::index::search::{Filter, Mode};
 use crate::index::tags::{FrameCopy, TagStore};
 use crate::index::Index;
 use crate::protocol::{self, Command, Form, HitView, Request, Response, StatusView};
@@ -251,8 +251,10 @@ impl Shared {
                 since,
                 until,
                 source,
+                exact,
             } => {
                 let now = crate::source::now_ms();
+                let mode = if *exact { Mode::Exact } else { Mode::TwoStage };
                 let filter = Filter {
                     since_ms: since.map(|w| w.to_ms(now)),
                     until_ms: until.map(|w| w.to_ms(now)),
@@ -262,7 +264,7 @@ impl Shared {
                 let found = self.with_query_slot(|| {
                     let model = self.model();
                     let q = model.embed_text(text)?;
-                    Ok::<_, crate::Error>(self.index.search(&q, *k, &filter))
+                    Ok::<_, crate::Error>(self.index.search_mode(&q, *k, &filter, mode))
                 });
                 let hits = match found {
                     Ok(h) => self.hits(h),

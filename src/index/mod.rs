@@ -8,6 +8,7 @@
 //! carries a CRC, so a torn write (crash, power loss) is detected on open and the slot is
 //! treated as empty and reported, never returned.
 
+pub mod codes;
 pub mod disk;
 pub mod features;
 pub mod quarantine;
@@ -183,6 +184,8 @@ struct Maps {
     bundle_id: [u8; 32],
     /// what `features` keeps (changes when a re-index from thumbnails commits)
     layout: Layout,
+    /// every slot's sign code, for two-stage searches (memory only; `codes`)
+    codes: codes::Codes,
     /// Sequence number of the newest valid entry (0 when empty).
     head: u64,
     live: u64,
@@ -556,6 +559,13 @@ impl Index {
             features,
             bundle_id: header.bundle_id,
             layout,
+            codes: codes::Codes::build(
+                &[],
+                &Header {
+                    capacity: 0,
+                    ..header
+                },
+            ),
             head: 0,
             live: 0,
         };
@@ -632,6 +642,8 @@ impl Index {
             }
         }
         maps.live = r.entries;
+        // after the damaged slots were cleared: only what is served gets a code
+        maps.codes = codes::Codes::build(&maps.index[HEADER_SIZE..], h);
         r
     }
 
@@ -760,6 +772,7 @@ impl Index {
         let off = HEADER_SIZE + slot as usize * bytes.len();
         let was_live = maps.index[off..off + 8] != [0u8; 8];
         maps.index[off..off + bytes.len()].copy_from_slice(&bytes);
+        maps.codes.set(slot as usize, &entry.embedding);
         // The id is spent whatever happens next: a failed flush must not hand it out again.
         maps.head = seq;
         if !was_live {
@@ -795,6 +808,7 @@ impl Index {
             // overwrote is gone already).
             let mut maps = self.maps.write().expect("index lock");
             maps.index[off..off + bytes.len()].fill(0);
+            maps.codes.clear(slot as usize);
             maps.live -= 1;
             return Err(e).context(format_args!(
                 "flushing entry {seq} to {}",
@@ -1087,6 +1101,7 @@ impl Index {
                 .context("mapping the new features.ml")?;
             maps.layout = layout;
         }
+        maps.codes = codes::Codes::build(&maps.index[HEADER_SIZE..], &self.header);
         let ss = self.header.slot_size as usize;
         maps.live = (0..self.header.capacity as usize)
             .filter(|i| {
@@ -1097,9 +1112,12 @@ impl Index {
         Ok(())
     }
 
-    pub(crate) fn with_slots<R>(&self, f: impl FnOnce(&[u8], &Header) -> R) -> R {
+    pub(crate) fn with_slots_and_codes<R>(
+        &self,
+        f: impl FnOnce(&[u8], &Header, &codes::Codes) -> R,
+    ) -> R {
         let maps = self.maps.read().expect("index lock");
-        f(&maps.index[HEADER_SIZE..], &self.header)
+        f(&maps.index[HEADER_SIZE..], &self.header, &maps.codes)
     }
 }
 

@@ -29,6 +29,9 @@ pub enum Command {
         /// only frames up to this time
         until: Option<When>,
         source: Option<String>,
+        /// rank every entry exactly (the default); `exact=0`: two stages, faster on a large
+        /// ring, may swap near-duplicate frames (`index::search::Mode`)
+        exact: bool,
     },
     Similar {
         id: u64,
@@ -224,7 +227,7 @@ pub enum Response {
 }
 
 pub const HELP: &[&str] = &[
-    "search <text> [k=N] [since=10m] [until=T] [source=S]  frames that match the text",
+    "search <text> [k=N] [since=10m] [until=T] [source=S] [exact=0]  frames that match the text",
     "similar <id> [k=N]                           frames like frame <id> (not itself)",
     "thumb <id>                                   the frame's JPEG thumbnail, base64",
     "status                                       counters and model",
@@ -250,7 +253,8 @@ mod tests {
                 k: 3,
                 since: Some(When::Ago { s: 600 }),
                 until: None,
-                source: Some("cam0".into())
+                source: Some("cam0".into()),
+                exact: true
             }
         );
         assert_eq!(
@@ -260,10 +264,23 @@ mod tests {
                 k: K_MAX,
                 since: None,
                 until: None,
-                source: None
+                source: None,
+                exact: true
             }
         );
         assert!(parse(b"search k=3").is_err());
+        // two stages on request, in both forms; anything else about `exact` is an error
+        for line in [
+            &b"search x exact=0"[..],
+            br#"{"cmd":"search","text":"x","exact":false}"#,
+        ] {
+            let Command::Search { exact, .. } = parse(line).unwrap().cmd else {
+                panic!()
+            };
+            assert!(!exact);
+        }
+        assert!(parse(b"search x exact=maybe").is_err());
+        assert!(parse(br#"{"cmd":"search","text":"x","exact":1}"#).is_err());
         assert!(parse(b"search x k=0").is_err());
         assert!(parse(b"search x since=5y").is_err());
     }
@@ -279,7 +296,8 @@ mod tests {
                 k: K_MAX,
                 since: None,
                 until: None,
-                source: None
+                source: None,
+                exact: true
             }
         );
         let e = parse(br#"{"id":"a","cmd":"search"}"#).unwrap_err();

@@ -72,6 +72,7 @@ pub fn parse(line: &[u8]) -> Result<Request, ParseError> {
         "" => return Err(human("empty line; type help".into())),
         "search" | "s" => {
             let (mut k, mut since, mut until, mut source) = (DEFAULT_K, None, None, None);
+            let mut exact = true;
             let mut words = Vec::new();
             for w in rest.split_whitespace() {
                 if let Some(v) = w.strip_prefix("k=") {
@@ -82,6 +83,12 @@ pub fn parse(line: &[u8]) -> Result<Request, ParseError> {
                     until = Some(when_rule("until", v).map_err(human)?);
                 } else if let Some(v) = w.strip_prefix("source=") {
                     source = Some(v.to_string());
+                } else if let Some(v) = w.strip_prefix("exact=") {
+                    exact = match v {
+                        "1" | "true" => true,
+                        "0" | "false" => false,
+                        _ => return Err(human(format!("exact={v}: use exact=1 or exact=0"))),
+                    };
                 } else {
                     words.push(w);
                 }
@@ -97,6 +104,7 @@ pub fn parse(line: &[u8]) -> Result<Request, ParseError> {
                 since,
                 until,
                 source,
+                exact,
             }
         }
         "similar" => {
@@ -233,6 +241,11 @@ fn parse_json(text: &str) -> Result<Request, ParseError> {
                 None => None,
                 Some(Value::String(s)) => Some(s.clone()),
                 Some(_) => return Err(err("\"source\" must be a string".into())),
+            },
+            exact: match obj.get("exact") {
+                None => true,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => return Err(err("\"exact\" must be true or false".into())),
             },
         },
         Some("similar") => Command::Similar {
