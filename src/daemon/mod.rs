@@ -275,29 +275,24 @@ impl Shared {
                     ms: t0.elapsed().as_secs_f64() * 1e3,
                 }
             }
-            Command::Similar { id, k } => match self.index.get(*id) {
-                None => Response::Error(format!("no frame {id} (it may have left the ring)")),
-                Some(_) => {
-                    // the frame itself would be its own best hit: ask for one more, drop it;
-                    // read and scanned under one model (a reload commits between queries)
-                    let scan = || {
-                        let _model = self.model();
-                        let q = self.index.get(*id).map(|e| e.dequantized())?;
-                        Some(self.index.search(&q, *k + 1, &Filter::default()))
-                    };
-                    let Some(mut found) = self.with_query_slot(scan) else {
-                        return Response::Error(format!(
-                            "no frame {id} (it may have left the ring)"
-                        ));
-                    };
-                    found.retain(|h| h.seq != *id);
-                    found.truncate(*k);
-                    Response::Hits {
-                        hits: self.hits(found),
-                        ms: t0.elapsed().as_secs_f64() * 1e3,
-                    }
+            Command::Similar { id, k } => {
+                // the frame itself would be its own best hit: ask for one more, drop it;
+                // read and scanned under one model (a reload commits between queries)
+                let scan = || {
+                    let _model = self.model();
+                    let q = self.index.get(*id)?.dequantized();
+                    Some(self.index.search(&q, *k + 1, &Filter::default()))
+                };
+                let Some(mut found) = self.with_query_slot(scan) else {
+                    return Response::Error(format!("no frame {id} (it may have left the ring)"));
+                };
+                found.retain(|h| h.seq != *id);
+                found.truncate(*k);
+                Response::Hits {
+                    hits: self.hits(found),
+                    ms: t0.elapsed().as_secs_f64() * 1e3,
                 }
-            },
+            }
             Command::Thumb { id } => match self.index.get_with_thumb(*id) {
                 Some((_, Some(jpeg))) => Response::Thumb { id: *id, jpeg },
                 Some((_, None)) => Response::Error(format!("frame {id} has no valid thumbnail")),

@@ -193,7 +193,7 @@ fn run(shared: &Shared, dir: &Path, from_thumbnails: bool) -> Result<Done> {
             out.push(from_thumb);
         }
         let done = reprojected + thumbs_used;
-        *shared.reload.lock().expect("reload") = super::reload::State::Running { done, of };
+        *shared.reload.lock().expect("reload") = State::Running { done, of };
         Ok(out)
     };
     let mut next = index.begin_next(bundle.id, from_thumbnails.then(|| *enc.layout()))?;

@@ -2,8 +2,8 @@
 //! when the value is positive), 64 values a word, so an entry of 640 int8 values is 80 bytes
 //! here instead of 752 in its slot.
 //!
-//! Kept in memory only, beside the maps: built from the slots at open (one pass, which the
-//! open-time recovery makes anyway), set on every append, rebuilt after a re-projection. So
+//! Kept in memory only, beside the maps: set for each valid slot by the open-time recovery's
+//! pass over the slots, set on every append, rebuilt after a re-projection. So
 //! the file format does not change and the codes can never disagree with the slots on disk:
 //! a crash loses nothing that the next open does not rebuild. Cost: 80 bytes an entry (8 MB
 //! for the board's 100k ring, 80 MB at a million).
@@ -32,14 +32,19 @@ fn pack<T: Copy + PartialOrd + Default>(v: &[T], out: &mut [u64]) {
 }
 
 impl Codes {
-    /// Codes of every slot of `slots` (empty and damaged ones read as all zeros).
+    /// All-zero codes for `capacity` slots of `dim` values (what an empty slot has).
+    pub fn new(dim: usize, capacity: usize) -> Codes {
+        let words = dim.div_ceil(64);
+        Codes {
+            words,
+            bits: vec![0; words * capacity],
+        }
+    }
+
+    /// Codes of every slot of `slots` (empty ones read as all zeros).
     pub fn build(slots: &[u8], h: &Header) -> Codes {
         let dim = h.dim as usize;
-        let words = dim.div_ceil(64);
-        let mut codes = Codes {
-            words,
-            bits: vec![0; words * h.capacity as usize],
-        };
+        let mut codes = Codes::new(dim, h.capacity as usize);
         let ss = h.slot_size as usize;
         for (i, bytes) in slots.chunks_exact(ss).take(h.capacity as usize).enumerate() {
             let v = SlotView::new(bytes, dim);

@@ -559,13 +559,7 @@ impl Index {
             features,
             bundle_id: header.bundle_id,
             layout,
-            codes: codes::Codes::build(
-                &[],
-                &Header {
-                    capacity: 0,
-                    ..header
-                },
-            ),
+            codes: codes::Codes::new(header.dim as usize, header.capacity as usize),
             head: 0,
             live: 0,
         };
@@ -619,7 +613,12 @@ impl Index {
             let off = HEADER_SIZE + i as usize * ss;
             match r.tally(i, &maps.index[off..off + ss], h, None) {
                 Seen::Empty => {}
-                Seen::Valid(seq) => maps.head = maps.head.max(seq),
+                Seen::Valid(seq) => {
+                    maps.head = maps.head.max(seq);
+                    // the search codes come from the same pass (damaged slots never get one)
+                    let view = slot::SlotView::new(&maps.index[off..off + ss], h.dim as usize);
+                    maps.codes.set(i as usize, view.embedding());
+                }
                 Seen::Corrupt(damage) => {
                     if bad.len() < 5 {
                         log::warn!("{}: slot {i}: {damage}", dir.display());
@@ -642,8 +641,6 @@ impl Index {
             }
         }
         maps.live = r.entries;
-        // after the damaged slots were cleared: only what is served gets a code
-        maps.codes = codes::Codes::build(&maps.index[HEADER_SIZE..], h);
         r
     }
 
@@ -984,10 +981,11 @@ impl Index {
         let head = self.head();
         let mut i = 0u64;
         while i < cap {
-            let mut batch: Vec<(u64, Pending, u32, u32)> = Vec::new();
+            // what the slot keeps of each (slot number, thumbnail length and CRC), and the entry
+            let (mut at, mut pending): (Vec<(u64, u32, u32)>, Vec<Pending>) = (vec![], vec![]);
             {
                 let maps = self.maps.read().expect("index lock");
-                while i < cap && batch.len() < crate::encoder::reproject::BATCH {
+                while i < cap && pending.len() < crate::encoder::reproject::BATCH {
                     let off = HEADER_SIZE + i as usize * ss;
                     if let Slot::Valid {
                         entry,
@@ -1013,32 +1011,24 @@ impl Index {
                                 let t = &maps.thumbs[toff..toff + len];
                                 (len > 0 && crc32(t) == thumb_crc).then(|| t.to_vec())
                             });
-                            let pending = Pending {
+                            at.push((i, thumb_len, thumb_crc));
+                            pending.push(Pending {
                                 entry,
                                 kept,
                                 thumb: thumb.flatten(),
-                            };
-                            batch.push((i, pending, thumb_len, thumb_crc));
+                            });
                         }
                     }
                     i += 1;
                 }
             }
-            if batch.is_empty() {
+            if pending.is_empty() {
                 continue;
             }
-            let pending: Vec<Pending> = batch
-                .iter_mut()
-                .map(|(_, p, _, _)| Pending {
-                    entry: p.entry.clone(),
-                    kept: p.kept.take(),
-                    thumb: p.thumb.take(),
-                })
-                .collect();
             let embeddings = project(&pending)?;
             let mut bytes = vec![0u8; ss];
-            for ((slot_no, _, thumb_len, thumb_crc), (p, emb)) in
-                batch.iter().zip(pending.iter().zip(embeddings))
+            for ((slot_no, thumb_len, thumb_crc), (p, emb)) in
+                at.iter().zip(pending.into_iter().zip(embeddings))
             {
                 let off = (HEADER_SIZE + *slot_no as usize * ss) as u64;
                 match emb.filter(|e| e.len() == dim) {
@@ -1047,7 +1037,7 @@ impl Index {
                         let entry = Entry {
                             scale,
                             embedding: q,
-                            ..p.entry.clone()
+                            ..p.entry
                         };
                         slot::encode(&entry, *thumb_len, *thumb_crc, &mut bytes);
                         next.written += 1;

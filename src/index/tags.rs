@@ -84,6 +84,10 @@ impl Writer {
     }
     fn i8s(&mut self, v: &[f32]) {
         let (q, scale) = quantize(v);
+        self.q8(&q, scale);
+    }
+    /// int8 values as they are stored (an entry's embedding: no second quantization)
+    fn q8(&mut self, q: &[i8], scale: f32) {
         self.bytes(&(q.len() as u32).to_le_bytes());
         self.bytes(&scale.to_le_bytes());
         self.bytes(&q.iter().map(|&x| x as u8).collect::<Vec<_>>());
@@ -146,7 +150,7 @@ fn frame_payload(f: &FrameCopy) -> Vec<u8> {
     w.bytes(&f.entry.ts_ms.to_le_bytes());
     w.str8(&f.entry.source);
     w.str8(&f.entry.label);
-    w.i8s(&f.entry.dequantized());
+    w.q8(&f.entry.embedding, f.entry.scale);
     match &f.kept {
         Some(k) => {
             w.u8(1);

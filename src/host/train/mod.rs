@@ -108,7 +108,10 @@ fn image_row(f: &Features, input: ImageInput, i: usize, v: usize) -> Vec<f32> {
     }
 }
 
-/// All rows of one split in memory as f64 (a few MB for the Tux Paint splits).
+/// All rows of one split in memory as f64 (a few MB for the Tux Paint splits). `texts` are
+/// what the text side gives: sentence embeddings for a text head, or fixed targets when only
+/// an image head is trained (`site`).
+#[derive(Default)]
 struct Split {
     /// [image][view] rows
     images: Vec<Vec<Vec<f32>>>,
@@ -139,19 +142,26 @@ impl Split {
     }
 }
 
-/// Mean loss over fixed batches of a split (no dropout, view 0) and its text→image recall.
-fn evaluate(text: &Head, image: &Head, s: &Split, cfg: &Config) -> (f64, [f64; 3]) {
+/// Mean loss over fixed batches of a split (no dropout, view 0) and its text→image recall;
+/// without a text head the split's texts are the text side as they are.
+fn evaluate(text: Option<&Head>, image: &Head, s: &Split, cfg: &Config) -> (f64, [f64; 3]) {
     let idx: Vec<usize> = (0..s.texts.len()).collect();
     let mut total = 0.0;
     let mut n = 0.0;
     for chunk in idx.chunks(cfg.batch) {
         let (t, i) = s.batch(chunk, &vec![0; chunk.len()]);
-        let (ot, _) = text.forward(&t, None);
+        let ot = match text {
+            Some(h) => h.forward(&t, None).0,
+            None => t,
+        };
         let (oi, _) = image.forward(&i, None);
         total += loss::contrastive(&ot, &oi, cfg.temperature).loss * chunk.len() as f64;
         n += chunk.len() as f64;
     }
-    let texts = embed(text, &s.texts);
+    let texts = match text {
+        Some(h) => embed(h, &s.texts),
+        None => s.texts.clone(),
+    };
     let gallery: Vec<Vec<f32>> = s.images.iter().map(|v| v[0].clone()).collect();
     let images = embed(image, &gallery);
     let r = super::eval::recall(&super::eval::ranks(&texts, &images, &s.truth));
@@ -285,7 +295,7 @@ impl epochs::Fit for Contrastive<'_> {
     }
 
     fn evaluate(&self, (text, image): &(Head, Head)) -> (f64, [f64; 3]) {
-        evaluate(text, image, self.va, self.cfg)
+        evaluate(Some(text), image, self.va, self.cfg)
     }
 
     fn diverged_hint(&self, lr: f64) -> String {
@@ -340,11 +350,11 @@ mod tests {
         let mut untrained_rng = Rng::new(cfg.seed);
         let text0 = Head::new(12, 16, 1, &mut untrained_rng);
         let image0 = Head::new(20, 16, 1, &mut untrained_rng);
-        let (before, r_before) = evaluate(&text0, &image0, &va, &cfg);
+        let (before, r_before) = evaluate(Some(&text0), &image0, &va, &cfg);
         let t = train_split(&tr, &va, &cfg, |_| {}).unwrap();
         let (text, image) = (t.text, t.image);
         assert!(t.best_epoch >= 1 && t.history.len() >= t.best_epoch);
-        let (after, r_after) = evaluate(&text, &image, &va, &cfg);
+        let (after, r_after) = evaluate(Some(&text), &image, &va, &cfg);
         assert!(after < before * 0.7, "val loss {before} -> {after}");
         // chance R@1 on 50 items is 0.02
         assert!(

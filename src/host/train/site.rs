@@ -17,8 +17,8 @@
 
 use super::epochs::{self, Fit};
 use super::head::Head;
-use super::linalg::{Mat, Rng};
-use super::{adamw, loss, Config, Epoch};
+use super::linalg::Rng;
+use super::{adamw, loss, Config, Epoch, Split};
 use crate::bundle::Bundle;
 use crate::encoder::Encoder;
 use crate::error::{Context, Error, Result};
@@ -131,35 +131,10 @@ fn unit(v: &[f32]) -> Vec<f32> {
     v.iter().map(|x| x / n).collect()
 }
 
-/// Rows of one split: per image its VIEWS rows of backbone features, per pair its target.
-#[derive(Default)]
-struct Rows {
-    images: Vec<Vec<Vec<f32>>>,
-    targets: Vec<Vec<f32>>,
-    truth: Vec<usize>,
-}
-
-impl Rows {
-    fn batch(&self, idx: &[usize], views: &[usize]) -> (Mat, Mat) {
-        let t: Vec<&[f32]> = idx.iter().map(|&p| self.targets[p].as_slice()).collect();
-        let i: Vec<&[f32]> = idx
-            .iter()
-            .zip(views)
-            .map(|(&p, &v)| self.images[self.truth[p]][v].as_slice())
-            .collect();
-        (Mat::from_rows(&t), Mat::from_rows(&i))
-    }
-
-    fn push_image(&mut self, views: Vec<Vec<f32>>) -> usize {
-        self.images.push(views);
-        self.images.len() - 1
-    }
-}
-
 /// The image head alone against fixed text targets.
 struct ImageHead<'a> {
-    tr: &'a Rows,
-    va: &'a Rows,
+    tr: &'a Split,
+    va: &'a Split,
     cfg: &'a Config,
 }
 
@@ -167,7 +142,7 @@ impl Fit for ImageHead<'_> {
     type Model = Head;
 
     fn rows(&self) -> usize {
-        self.tr.targets.len()
+        self.tr.texts.len()
     }
 
     fn step(
@@ -197,21 +172,7 @@ impl Fit for ImageHead<'_> {
     }
 
     fn evaluate(&self, head: &Head) -> (f64, [f64; 3]) {
-        let idx: Vec<usize> = (0..self.va.targets.len()).collect();
-        let (mut total, mut n) = (0.0, 0.0);
-        for chunk in idx.chunks(self.cfg.batch) {
-            if chunk.len() < 2 {
-                continue;
-            }
-            let (t, i) = self.va.batch(chunk, &vec![0; chunk.len()]);
-            let (oi, _) = head.forward(&i, None);
-            total += loss::contrastive(&t, &oi, self.cfg.temperature).loss * chunk.len() as f64;
-            n += chunk.len() as f64;
-        }
-        let gallery: Vec<Vec<f32>> = self.va.images.iter().map(|v| v[0].clone()).collect();
-        let images = super::embed(head, &gallery);
-        let r = eval::recall(&eval::ranks(&self.va.targets, &images, &self.va.truth));
-        (total / n.max(1.0), [r.r1, r.r5, r.r10])
+        super::evaluate(None, head, self.va, self.cfg)
     }
 
     fn diverged_hint(&self, lr: f64) -> String {
@@ -309,16 +270,18 @@ pub fn run(o: &Options) -> Result<(Bundle, Report)> {
     }
     let site_views =
         |f: &Tagged| vec![f.kept.as_ref().expect("with outputs").features.clone(); VIEWS];
-    let (mut tr, mut va) = (Rows::default(), Rows::default());
+    // per image its VIEWS rows of backbone features; per pair its fixed text target
+    let (mut tr, mut va) = (Split::default(), Split::default());
     let (mut site_train, mut site_val) = (0, 0);
     for f in &with {
         let held = val_frames.contains(&f.entry.seq);
         let rows = if held { &mut va } else { &mut tr };
-        let i = rows.push_image(site_views(f));
+        rows.images.push(site_views(f));
+        let i = rows.images.len() - 1;
         for t in &f.tags {
             let target = mix.target(&tag_emb[t]);
             for _ in 0..if held { 1 } else { o.repeat.max(1) } {
-                rows.targets.push(target.clone());
+                rows.texts.push(target.clone());
                 rows.truth.push(i);
             }
             *(if held { &mut site_val } else { &mut site_train }) += 1;
@@ -348,7 +311,7 @@ pub fn run(o: &Options) -> Result<(Bundle, Report)> {
         let mut bar = crate::host::progress::Progress::new("captions", pairs.len());
         for (p, &img) in pairs.iter().zip(&f.truth) {
             let e = text.embed(&p.text)?;
-            rows.targets.push(mix.target(&e));
+            rows.texts.push(mix.target(&e));
             rows.truth.push(offset + img);
             if is_val {
                 base_val_queries.push(e);
