@@ -139,7 +139,7 @@ fn the_appliance_learns_the_sites_names_and_keeps_the_rest() {
         false,
     )
     .unwrap();
-    ingest::start(s.clone(), Box::new(src), ingest::Gates::OFF);
+    ingest::start(s.clone(), Box::new(src), ingest::Gates::OFF, 1);
     let t0 = Instant::now();
     while !s.source_done() {
         assert!(

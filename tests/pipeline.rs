@@ -50,7 +50,7 @@ fn a_failing_source_recovers_and_queries_keep_working() {
         stall: Duration::from_millis(30),
     };
     let src = FaultSource::new(samples(false, 5), faults);
-    ingest::start(s.clone(), Box::new(src), ingest::Gates::OFF);
+    ingest::start(s.clone(), Box::new(src), ingest::Gates::OFF, 2);
     // queries during ingest are answered
     let mut answered = 0;
     while !s.source_done() {
@@ -103,7 +103,12 @@ fn a_watch_fires_on_the_right_frame() {
     assert_eq!(reply, "OK watch 1\n");
     let (tx, rx) = std::sync::mpsc::sync_channel(64);
     s.subscribe(Arc::new(std::sync::atomic::AtomicBool::new(false)), tx);
-    ingest::start(s.clone(), Box::new(samples(false, 1)), ingest::Gates::OFF);
+    ingest::start(
+        s.clone(),
+        Box::new(samples(false, 1)),
+        ingest::Gates::OFF,
+        2,
+    );
     wait_done(&s);
     let pushes: Vec<String> = rx.try_iter().collect();
     assert_eq!(pushes.len(), 1, "{pushes:?}");
@@ -115,6 +120,40 @@ fn a_watch_fires_on_the_right_frame() {
     assert_eq!(list, "+WATCH 1 a rabbit\nOK\n");
     assert_eq!(s.answer(b"watch del 1").0, "OK\n");
     assert!(s.answer(b"watch del 1").0.starts_with("ERROR"));
+}
+
+/// Issue 17: encode workers run side by side, but the index holds frames in the source's
+/// order, with the embeddings one worker would have stored.
+#[test]
+fn every_worker_count_stores_frames_in_source_order() {
+    let mut sorted: Vec<String> = std::fs::read_dir(root().join("models/samples"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".png") || n.ends_with(".jpg"))
+        .collect();
+    sorted.sort();
+    let mut runs = Vec::new();
+    for workers in [1, 3] {
+        let s = shared(&format!("order{workers}"));
+        ingest::start(
+            s.clone(),
+            Box::new(samples(false, 0)),
+            ingest::Gates::OFF,
+            workers,
+        );
+        wait_done(&s);
+        let idx = s.index();
+        let entries: Vec<_> = (idx.head() + 1 - idx.len()..=idx.head())
+            .map(|seq| idx.get(seq).unwrap())
+            .collect();
+        let labels: Vec<&str> = entries.iter().map(|e| e.label.as_str()).collect();
+        assert_eq!(labels, sorted, "{workers} worker(s)");
+        runs.push(entries);
+    }
+    for (a, b) in runs[0].iter().zip(&runs[1]) {
+        let cos = cosine(&a.dequantized(), &b.dequantized());
+        assert!(cos > 0.999, "{}: {cos}", a.label);
+    }
 }
 
 #[test]
@@ -139,6 +178,7 @@ fn gates_skip_a_still_scene() {
             pixel_diff: 2.0,
             embedding_cos: 0.985,
         },
+        2,
     );
     wait_done(&s);
     let st = s.status();
@@ -152,7 +192,12 @@ fn scans_wait_for_a_query_slot() {
     use moonlens::daemon::QUERY_SLOTS;
     use std::sync::{mpsc, Barrier};
     let s = shared("slots");
-    ingest::start(s.clone(), Box::new(samples(false, 0)), ingest::Gates::OFF);
+    ingest::start(
+        s.clone(),
+        Box::new(samples(false, 0)),
+        ingest::Gates::OFF,
+        1,
+    );
     wait_done(&s);
     assert!(!s.index().is_empty());
     let first = s.index().head() - 1;

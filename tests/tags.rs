@@ -182,7 +182,7 @@ fn a_tagged_frame_outlives_the_ring_and_the_daemon() {
         false,
     )
     .unwrap();
-    ingest::start(s.clone(), Box::new(src), ingest::Gates::OFF);
+    ingest::start(s.clone(), Box::new(src), ingest::Gates::OFF, 1);
     let t0 = Instant::now();
     while s.index().head() < 3 {
         assert!(t0.elapsed() < Duration::from_secs(60));

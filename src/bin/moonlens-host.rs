@@ -24,6 +24,7 @@ const USAGE: &str = "usage:
   moonlens-host parity --bundle DIR   (a converted bundle's reference.json vs tract)
   moonlens-host bench encode --bundle DIR [--runs N] [--json]
   moonlens-host bench profile --bundle DIR [--runs N]
+  moonlens-host bench ingest [--bundle models/default] [--images models/samples] [--frames 88] [--json]
   moonlens-host bench reproject [--bundle models/default] [--entries 10000] [--json]
   moonlens-host bench search [--entries N] [--queries N] [--exact] [--candidates N] [--bundle models/default] [--images models/samples] [--json]
   moonlens-host fuzz protocol|index [--seconds 60] [--seed 1] [--crashes DIR]";
@@ -260,6 +261,15 @@ fn run() -> Result<()> {
             moonlens::host::bench::reproject(
                 &enc,
                 args.number("entries", 10_000)?,
+                args.flag("json"),
+            )
+        }
+        ("bench", Some("ingest")) => {
+            args.only(&["bundle", "images", "frames", "json"])?;
+            moonlens::host::bench::ingest(
+                &Bundle::open(args.get("bundle").unwrap_or("models/default"))?,
+                Path::new(args.get("images").unwrap_or("models/samples")),
+                args.number("frames", 88)?,
                 args.flag("json"),
             )
         }

@@ -28,6 +28,8 @@ pub struct Config {
     /// Embedding gate cosine (>= 1 = off); default: on for cameras, off for replays.
     pub gate_embedding: Option<f32>,
     pub watch_cooldown_s: Option<u64>,
+    /// Encode workers (1..=8); default: one per core.
+    pub workers: Option<usize>,
     /// Serve the protocol on stdin/stdout; default: when stdin is a terminal.
     pub console: Option<bool>,
     /// The file these options came from (`--config`), which SIGHUP re-reads.
@@ -50,6 +52,7 @@ pub const OPTIONS: &[&str] = &[
     "gate-pixels",
     "gate-embedding",
     "watch-cooldown-s",
+    "workers",
     "console",
     "config",
     "no-console",
@@ -134,6 +137,15 @@ impl Config {
         }
         if let Some(v) = whole::<u64>(a, "watch-cooldown-s")? {
             self.watch_cooldown_s = Some(v);
+        }
+        if let Some(v) = whole::<usize>(a, "workers")? {
+            if !(1..=super::ingest::MAX_WORKERS).contains(&v) {
+                crate::bail!(
+                    "--workers {v}: must be 1 to {} (encode threads)",
+                    super::ingest::MAX_WORKERS
+                );
+            }
+            self.workers = Some(v);
         }
         if a.flag("console") {
             self.console = Some(true);

@@ -1,4 +1,14 @@
-//! The ingest pipeline: capture thread → bounded queue → encode thread → index.
+//! The ingest pipeline: capture thread → bounded queue → encode workers → index, in order.
+//!
+//! Encoding is the one costly step (the image tower, resizing, the thumbnail's JPEG), so it
+//! runs on [`workers`] threads, one per core by default. Each worker takes the next frame
+//! from the queue together with a ticket; frames are encoded side by side and stored in
+//! ticket order, so the index holds frames in the order the source gave them, the embedding
+//! gate compares each frame with the one stored before it, and watches fire in order. The
+//! store step holds the ingest turn and the model (read): a reload that committed while a
+//! frame was being encoded is noticed there and the frame is encoded again with the new
+//! model, so no entry is stored in an old model's space. (Not batches through one plan
+//! run: with tract that costs more per frame, see [`crate::encoder`].)
 //!
 //! Drop policy: the queue holds [`QUEUE_DEPTH`] frames. A live camera's frame that finds it
 //! full is dropped and counted (the freshest frames win the next free place; memory stays
@@ -13,10 +23,14 @@ use crate::source::{FrameSource, Next};
 use image::DynamicImage;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{sync_channel, Receiver, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+/// Frames the queue holds per worker (a worker encodes one frame while the next waits).
 pub const QUEUE_DEPTH: usize = 4;
+/// At most this many encode workers, whatever the machine or the config says: each holds a
+/// decoded frame and the tower's activations (~20 MB), so memory stays bounded.
+pub const MAX_WORKERS: usize = 8;
 pub const THUMB_SIDE: u32 = 160;
 
 #[derive(Debug, Clone)]
@@ -64,20 +78,42 @@ pub fn thumbnail(img: &DynamicImage) -> Vec<u8> {
     Vec::new()
 }
 
-/// Starts the two ingest threads ([`capture_loop`], [`encode_loop`]); they run until the
-/// source is done. A thread that cannot start is the one startup failure here: the daemon
-/// without ingest would answer with a frozen index and look healthy.
-pub fn start(shared: Arc<Shared>, source: Box<dyn FrameSource>, gates: Gates) {
-    let (tx, rx) = sync_channel::<Queued>(QUEUE_DEPTH);
+/// How many encode workers: `--workers N` (1..=[`MAX_WORKERS`]) or one per core.
+pub fn workers(configured: Option<usize>) -> usize {
+    configured
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .clamp(1, MAX_WORKERS)
+}
+
+/// Starts the ingest threads ([`capture_loop`] and `workers` × [`encode_loop`]); they run
+/// until the source is done. A thread that cannot start is the one startup failure here:
+/// the daemon without ingest would answer with a frozen index and look healthy.
+pub fn start(shared: Arc<Shared>, source: Box<dyn FrameSource>, gates: Gates, workers: usize) {
+    let workers = workers.clamp(1, MAX_WORKERS);
+    let (tx, rx) = sync_channel::<Queued>(QUEUE_DEPTH * workers);
     let capture = shared.clone();
     std::thread::Builder::new()
         .name("capture".into())
         .spawn(move || capture_loop(&capture, source, tx, gates.pixel_diff))
         .expect("spawn capture thread");
-    std::thread::Builder::new()
-        .name("encode".into())
-        .spawn(move || encode_loop(shared, rx, gates.embedding_cos))
-        .expect("spawn encode thread");
+    let line = Arc::new(Line {
+        queue: Mutex::new(Tickets { rx, next: 0 }),
+        order: Mutex::new(Order {
+            next: 0,
+            last: None,
+            running: workers,
+        }),
+        turn: Condvar::new(),
+        embedding_gate: gates.embedding_cos,
+    });
+    log::info!("ingest: {workers} encode worker(s)");
+    for i in 0..workers {
+        let (s, line) = (shared.clone(), line.clone());
+        std::thread::Builder::new()
+            .name(format!("encode-{i}"))
+            .spawn(move || encode_loop(&s, &line))
+            .expect("spawn encode thread");
+    }
 }
 
 /// Pulls frames from the source, drops still ones (pixel gate) and queues the rest: a live
@@ -139,83 +175,170 @@ fn capture_loop(
     }
 }
 
-/// Encodes queued frames in batches, drops near-duplicates (embedding gate), stores the
-/// rest and fires watches. Encoder and index failures are counted (`encode_errors`,
-/// `store_errors`) and logged; the loop goes on with the next batch.
-fn encode_loop(s: Arc<Shared>, rx: Receiver<Queued>, embedding_gate: f32) {
-    let source_id = s.source_id.as_str();
-    let mut last: Option<Vec<f32>> = None;
-    while let Ok(first) = rx.recv() {
-        // one batch at a time under the turn lock: a clean shutdown waits for it
+/// The queue's receiving end and the ticket the next frame taken from it gets.
+struct Tickets {
+    rx: Receiver<Queued>,
+    next: u64,
+}
+
+/// What the store step keeps between frames, under one lock: stores happen one at a time,
+/// in ticket order.
+struct Order {
+    /// The ticket whose frame is stored next.
+    next: u64,
+    /// The last stored embedding (the embedding gate compares with it).
+    last: Option<Vec<f32>>,
+    /// Workers still running; the last one out marks the source done.
+    running: usize,
+}
+
+/// What the encode workers share.
+struct Line {
+    queue: Mutex<Tickets>,
+    order: Mutex<Order>,
+    /// Signalled when `order.next` moves on.
+    turn: Condvar,
+    embedding_gate: f32,
+}
+
+/// A frame's place in the order. Dropping it passes the turn on, whether the frame was
+/// stored, failed or its worker panicked, so one bad frame never stalls the line.
+struct Ticket<'a> {
+    line: &'a Line,
+    n: u64,
+}
+
+impl Ticket<'_> {
+    /// Waits for this ticket's turn; the guard holds the order's state.
+    fn wait(&self) -> std::sync::MutexGuard<'_, Order> {
+        let mut order = self.line.order.lock().unwrap_or_else(|p| p.into_inner());
+        while order.next != self.n {
+            order = self
+                .line
+                .turn
+                .wait(order)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        order
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        let mut order = self.wait();
+        order.next += 1;
+        drop(order);
+        self.line.turn.notify_all();
+    }
+}
+
+/// Takes the next frame off the queue with its ticket (blocks); `None` when the source is
+/// done and the queue empty.
+fn take(line: &Line) -> Option<(Ticket<'_>, Queued)> {
+    let mut q = line.queue.lock().unwrap_or_else(|p| p.into_inner());
+    let frame = q.rx.recv().ok()?;
+    let n = q.next;
+    q.next += 1;
+    Some((Ticket { line, n }, frame))
+}
+
+/// One frame, encoded: its embedding, the backbone outputs the index keeps, its thumbnail.
+struct Encoded {
+    embedding: Vec<f32>,
+    kept: crate::index::Kept,
+    thumb: Vec<u8>,
+}
+
+fn encode(model: &crate::encoder::Encoder, image: &DynamicImage) -> crate::Result<Encoded> {
+    let (embedding, kept) = model
+        .encode_images(std::slice::from_ref(image))?
+        .pop()
+        .ok_or_else(|| crate::Error::new("the image tower returned no row"))?;
+    Ok(Encoded {
+        embedding,
+        kept,
+        thumb: thumbnail(image),
+    })
+}
+
+/// One encode worker: takes frames, encodes them beside the other workers, stores them in
+/// ticket order (dropping near-duplicates: the embedding gate) and fires watches. Encoder
+/// and index failures are counted (`encode_errors`, `store_errors`) and logged; the loop
+/// goes on with the next frame.
+fn encode_loop(s: &Arc<Shared>, line: &Line) {
+    while let Some((ticket, frame)) = take(line) {
+        let model = s.encoder();
+        let encoded = encode(&model, &frame.image);
+        let mut order = ticket.wait();
+        // one frame at a time under the turn lock: a clean shutdown waits for it
         let _turn = s.ingest_turn.lock().unwrap_or_else(|p| p.into_inner());
-        // take what else is already waiting, up to a batch
-        let mut batch = vec![first];
-        while batch.len() < crate::encoder::IMAGE_BATCH {
-            match rx.try_recv() {
-                Ok(q) => batch.push(q),
-                Err(_) => break,
+        // the model from here to the end of the store (a reload's commit waits for it)
+        let current = s.model();
+        let encoded = if Arc::ptr_eq(&model, &current) {
+            encoded
+        } else {
+            log::info!("the model changed while a frame was encoded: encoding it again");
+            encode(&current, &frame.image)
+        };
+        match encoded {
+            Ok(e) => store(s, line.embedding_gate, &mut order, frame, e),
+            Err(e) => {
+                log::error!("encoding failed, frame {} lost: {e}", frame.label);
+                s.counters.encode_errors.fetch_add(1, Relaxed);
             }
         }
-        // frames move out of the queue entries: no copy of the pixels on the hot path
-        let (images, meta): (Vec<DynamicImage>, Vec<(String, i64)>) = batch
-            .into_iter()
-            .map(|q| (q.image, (q.label, q.ts_ms)))
-            .unzip();
-        // one model for the batch, from encoding to storing (a reload waits for it)
-        let model = s.model();
-        let embeddings = match model.encode_images(&images) {
-            Ok(e) => e,
-            Err(e) => {
-                log::error!("encoding failed, {} frame(s) lost: {e}", images.len());
-                s.counters
-                    .encode_errors
-                    .fetch_add(images.len() as u64, Relaxed);
-                continue;
-            }
-        };
-        for ((image, (label, ts_ms)), (emb, kept)) in images.iter().zip(meta).zip(embeddings) {
-            if let Some(prev) = &last {
-                let cos: f32 = prev.iter().zip(&emb).map(|(a, b)| a * b).sum();
-                if cos > embedding_gate {
-                    s.counters.gated.fetch_add(1, Relaxed);
-                    continue;
-                }
-            }
-            let thumb = thumbnail(image);
-            match s
-                .index
-                .append_kept(ts_ms, source_id, &label, &emb, &thumb, Some(&kept))
-            {
-                Ok(seq) => {
-                    s.counters.ingested.fetch_add(1, Relaxed);
-                    log::debug!("stored frame {seq} ({label})");
-                    let fired = s
-                        .watches
-                        .lock()
-                        .expect("watches")
-                        .observe(&emb, Instant::now());
-                    for (watch, score) in fired {
-                        let hit = HitView {
-                            id: seq,
-                            score,
-                            ts_ms,
-                            source: source_id.into(),
-                            label: label.clone(),
-                        };
-                        log::info!(
-                            "watch {watch} matched frame {seq} ({}) at {score:.3}",
-                            label
-                        );
-                        s.push_match(watch, &hit);
-                    }
-                    last = Some(emb);
-                }
-                Err(e) => {
-                    log::error!("index append failed: {e}");
-                    s.counters.store_errors.fetch_add(1, Relaxed);
-                }
-            }
+        drop(current);
+        drop(order); // the ticket's drop takes the order again to pass the turn on
+    }
+    let mut order = line.order.lock().unwrap_or_else(|p| p.into_inner());
+    order.running -= 1;
+    if order.running == 0 {
+        s.source_done.store(true, Relaxed);
+    }
+}
+
+/// Stores one encoded frame in order (the caller holds the turn and the model).
+fn store(s: &Shared, gate: f32, order: &mut Order, frame: Queued, e: Encoded) {
+    if let Some(prev) = &order.last {
+        let cos: f32 = prev.iter().zip(&e.embedding).map(|(a, b)| a * b).sum();
+        if cos > gate {
+            s.counters.gated.fetch_add(1, Relaxed);
+            return;
         }
     }
-    s.source_done.store(true, Relaxed);
+    let (source_id, label, ts_ms) = (s.source_id.as_str(), frame.label, frame.ts_ms);
+    match s.index.append_kept(
+        ts_ms,
+        source_id,
+        &label,
+        &e.embedding,
+        &e.thumb,
+        Some(&e.kept),
+    ) {
+        Ok(seq) => {
+            s.counters.ingested.fetch_add(1, Relaxed);
+            log::debug!("stored frame {seq} ({label})");
+            let fired = s
+                .watches
+                .lock()
+                .expect("watches")
+                .observe(&e.embedding, Instant::now());
+            for (watch, score) in fired {
+                let hit = HitView {
+                    id: seq,
+                    score,
+                    ts_ms,
+                    source: source_id.into(),
+                    label: label.clone(),
+                };
+                log::info!("watch {watch} matched frame {seq} ({label}) at {score:.3}");
+                s.push_match(watch, &hit);
+            }
+            order.last = Some(e.embedding);
+        }
+        Err(e) => {
+            log::error!("index append failed: {e}");
+            s.counters.store_errors.fetch_add(1, Relaxed);
+        }
+    }
 }

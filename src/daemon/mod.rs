@@ -462,7 +462,7 @@ pub fn start(cfg: &config::Config) -> crate::Result<(Arc<Shared>, std::thread::J
     }
     log::info!("source {spec}; socket {}", cfg.socket().display());
     signals::stop_on_signal(shared.clone(), cfg.socket(), cfg.file.clone());
-    ingest::start(shared.clone(), source, gates);
+    ingest::start(shared.clone(), source, gates, ingest::workers(cfg.workers));
     if let Some(dev) = &cfg.serial {
         let (s, d, b) = (shared.clone(), dev.clone(), cfg.baud.unwrap_or(115_200));
         std::thread::Builder::new()

@@ -4,7 +4,8 @@ use crate::encoder::Encoder;
 use crate::error::Result;
 use crate::index::search::{top_k, Filter};
 use crate::index::{quantize, slot, Entry, Header, THUMB_SLOT};
-use std::time::Instant;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
@@ -463,7 +464,7 @@ pub fn reproject(enc: &Encoder, entries: usize, json: bool) -> Result<()> {
             }))
         })
         .collect();
-    enc.encode_images(&frames)?; // warm-up: the batch plan is built on first use
+    enc.encode_images(&frames)?; // warm-up
     let t = Instant::now();
     let encoded = enc.encode_images(&frames)?;
     let encode_fps = frames.len() as f64 / t.elapsed().as_secs_f64();
@@ -524,6 +525,120 @@ pub fn reproject(enc: &Encoder, entries: usize, json: bool) -> Result<()> {
         serde_json::json!({"bundle": enc.bundle().manifest.name, "entries": entries, "threads": 1,
             "head_per_s": head_fps, "index_per_s": index_fps, "encode_frames_per_s": encode_fps,
             "ratio_index_to_encode": index_fps / encode_fps})
+    );
+    Ok(())
+}
+
+/// CPU time this process has used (user + system), in ms.
+fn process_cpu_ms() -> f64 {
+    // SAFETY: getrusage writes into the struct we hand it and reads nothing else.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let ms = |t: libc::timeval| t.tv_sec as f64 * 1e3 + t.tv_usec as f64 / 1e3;
+    ms(u.ru_utime) + ms(u.ru_stime)
+}
+
+/// One replay of `frames` through the daemon's own ingest pipeline ([`crate::daemon::ingest`])
+/// with `workers` encode threads: frames a second (wall clock, from the first frame taken to
+/// the last stored) and CPU ms a frame.
+fn ingest_run(
+    bundle: &crate::bundle::Bundle,
+    frames: &Path,
+    n: usize,
+    workers: usize,
+) -> Result<(f64, f64)> {
+    use crate::daemon::{ingest, Shared};
+    use crate::index::{Expect, Index};
+    let enc = Encoder::load(bundle)?;
+    let dir = std::env::temp_dir().join(format!(
+        "moonlens-bench-ingest-{}-{workers}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    let expect = Expect {
+        dim: enc.dim(),
+        bundle_id: bundle.id,
+        layout: *enc.layout(),
+    };
+    let index = Index::open_or_create_with(&dir, n as u64 + 8, &expect)?;
+    let shared = std::sync::Arc::new(Shared::new(enc, index, "bench", Duration::from_secs(60)));
+    let source = crate::source::dir::DirSource::open(
+        frames.to_str().expect("a temp path"),
+        Duration::ZERO,
+        false,
+    )?;
+    let (cpu0, t0) = (process_cpu_ms(), Instant::now());
+    ingest::start(
+        shared.clone(),
+        Box::new(source),
+        ingest::Gates::OFF,
+        workers,
+    );
+    while !shared.source_done() {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let (wall, cpu) = (t0.elapsed().as_secs_f64(), process_cpu_ms() - cpu0);
+    let stored = shared.index().len() as usize;
+    drop(shared);
+    let _ = std::fs::remove_dir_all(&dir);
+    if stored != n {
+        crate::bail!("the replay stored {stored} of {n} frames");
+    }
+    Ok((n as f64 / wall, cpu / n as f64))
+}
+
+/// `bench ingest`: the bundled sample photos replayed `frames` times over through the
+/// daemon's ingest pipeline (decode, image tower, thumbnail, index append) with one encode
+/// worker and with one per core, in the same run: `fps_1`, `fps_all`, their ratio and CPU
+/// ms a frame.
+pub fn ingest(
+    bundle: &crate::bundle::Bundle,
+    images: &Path,
+    frames: usize,
+    json: bool,
+) -> Result<()> {
+    use crate::error::Context;
+    let mut sources: Vec<PathBuf> = std::fs::read_dir(images)
+        .context(format_args!("cannot read {}", images.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("png" | "jpg" | "jpeg")
+            )
+        })
+        .collect();
+    sources.sort();
+    if sources.is_empty() {
+        crate::bail!("no .png or .jpg frames in {}", images.display());
+    }
+    let dir = std::env::temp_dir().join(format!("moonlens-bench-frames-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).context("making a scratch directory")?;
+    for i in 0..frames {
+        let src = &sources[i % sources.len()];
+        let ext = src.extension().and_then(|e| e.to_str()).unwrap_or("png");
+        std::fs::copy(src, dir.join(format!("{i:06}.{ext}")))
+            .context(format_args!("copying {}", src.display()))?;
+    }
+    let all = crate::daemon::ingest::workers(None);
+    let result = (|| -> Result<_> {
+        let (fps_1, cpu_1) = ingest_run(bundle, &dir, frames, 1)?;
+        let (fps_all, cpu_all) = ingest_run(bundle, &dir, frames, all)?;
+        Ok((fps_1, cpu_1, fps_all, cpu_all))
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    let (fps_1, cpu_1, fps_all, cpu_all) = result?;
+    let speedup = fps_all / fps_1;
+    if !json {
+        eprintln!(
+            "{frames} frames: 1 worker {fps_1:.1} fps ({cpu_1:.1} CPU ms a frame); {all} workers \
+             {fps_all:.1} fps ({cpu_all:.1} CPU ms a frame): {speedup:.2}x"
+        );
+    }
+    println!(
+        "{}",
+        serde_json::json!({"frames": frames, "workers": all, "fps_1": fps_1, "fps_all": fps_all,
+            "speedup": speedup, "cpu_per_frame_ms": cpu_1, "cpu_per_frame_ms_all": cpu_all})
     );
     Ok(())
 }

@@ -67,7 +67,7 @@ pub fn embed_pairs(enc: &Encoder, pairs: &[Pair]) -> Result<Embedded> {
     let (images, truth) = pairs::gallery(pairs);
     let mut bar = Progress::new("images", images.len());
     let mut img_emb = Vec::with_capacity(images.len());
-    for chunk in images.chunks(crate::encoder::IMAGE_BATCH) {
+    for chunk in images.chunks(8) {
         let decoded = chunk
             .iter()
             .map(|p| load_image(p))
