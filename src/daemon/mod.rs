@@ -254,7 +254,11 @@ impl Shared {
                 exact,
             } => {
                 let now = crate::source::now_ms();
-                let mode = if *exact { Mode::Exact } else { Mode::TwoStage };
+                let mode = match exact {
+                    None => Mode::Auto,
+                    Some(true) => Mode::Exact,
+                    Some(false) => Mode::TwoStage,
+                };
                 let filter = Filter {
                     since_ms: since.map(|w| w.to_ms(now)),
                     until_ms: until.map(|w| w.to_ms(now)),

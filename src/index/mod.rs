@@ -184,7 +184,7 @@ struct Maps {
     bundle_id: [u8; 32],
     /// what `features` keeps (changes when a re-index from thumbnails commits)
     layout: Layout,
-    /// every slot's sign code, for two-stage searches (memory only; `codes`)
+    /// every slot's projection code, for two-stage searches (memory only; `codes`)
     codes: codes::Codes,
     /// Sequence number of the newest valid entry (0 when empty).
     head: u64,
@@ -615,9 +615,6 @@ impl Index {
                 Seen::Empty => {}
                 Seen::Valid(seq) => {
                     maps.head = maps.head.max(seq);
-                    // the search codes come from the same pass (damaged slots never get one)
-                    let view = slot::SlotView::new(&maps.index[off..off + ss], h.dim as usize);
-                    maps.codes.set(i as usize, view.embedding());
                 }
                 Seen::Corrupt(damage) => {
                     if bad.len() < 5 {
@@ -641,6 +638,8 @@ impl Index {
             }
         }
         maps.live = r.entries;
+        // after the damaged slots are cleared: only valid entries get a code
+        maps.codes = codes::Codes::build(&maps.index[HEADER_SIZE..], h);
         r
     }
 
@@ -769,11 +768,15 @@ impl Index {
         let off = HEADER_SIZE + slot as usize * bytes.len();
         let was_live = maps.index[off..off + 8] != [0u8; 8];
         maps.index[off..off + bytes.len()].copy_from_slice(&bytes);
-        maps.codes.set(slot as usize, &entry.embedding);
+        maps.codes.set(slot as usize, &entry.embedding, entry.scale);
         // The id is spent whatever happens next: a failed flush must not hand it out again.
         maps.head = seq;
         if !was_live {
             maps.live += 1;
+        }
+        if !maps.codes.ready() && maps.live == codes::LEARN_FROM {
+            // a ring that started empty has enough entries to learn the directions from
+            maps.codes = codes::Codes::build(&maps.index[HEADER_SIZE..], &self.header);
         }
         drop(maps);
         if !self.durable {

@@ -1,6 +1,6 @@
 //! Top-k search over the ring: cosine of an f32 query against every live int8 entry, exact
-//! ([`top_k`]), or in two stages for large rings ([`top_k_two_stage`]: the sign codes of
-//! every entry, [`super::codes`], pick [`CANDIDATES`], which the exact score ranks).
+//! ([`top_k`]), or in two stages for large rings ([`top_k_two_stage`]: the projection codes
+//! of every entry, [`super::codes`], pick [`CANDIDATES`], which the exact score ranks).
 //!
 //! The query is quantized to i16 once; the inner loop multiplies it with each entry's int8
 //! values into 16 independent i32 accumulators, a shape LLVM vectorizes on x86-64 (pmaddwd;
@@ -19,16 +19,22 @@ use heapless::binary_heap::{BinaryHeap, Min};
 pub const K_MAX: usize = 100;
 /// Entries the first stage hands to the exact second (`bench search --candidates N` prints
 /// the recall@10 against the exact scan for any count).
-pub const CANDIDATES: usize = 8192;
+pub const CANDIDATES: usize = 16_384;
+/// From this many live entries on, [`Mode::Auto`] searches in two stages: below it the exact
+/// scan is already fast (200k entries: p50 ~8 ms on one core) and the first stage would not
+/// pay for itself.
+pub const TWO_STAGE_FROM: u64 = 250_000;
 
-/// How a search ranks. Exact is the default everywhere: on near-duplicate camera frames the
-/// two stages return 0.93 of the exact top 10 at 200k entries and 0.74 at a million (8,192
-/// candidates, `bench search`: the clusters of near-identical frames outgrow the candidate
-/// count), under the 0.99 a default must keep; `exact=0` asks for them.
+/// How a search ranks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Mode {
+    /// Two stages on rings of [`TWO_STAGE_FROM`] entries or more whose codes are ready,
+    /// exact otherwise: on near-duplicate camera frames the two stages return 0.99 of the
+    /// exact top 10 at a million entries (`bench search`, README.md).
     #[default]
+    Auto,
     Exact,
+    /// Two stages whatever the size (exact while the codes have no directions yet).
     TwoStage,
 }
 
@@ -65,8 +71,8 @@ impl Ord for Scored {
 /// The query as i16 with one scale (`q ≈ q16 * scale`): i16 x i8 products summed in i32
 /// are exact, and i16 keeps the query's own rounding error near 1e-5 of the score.
 pub struct Query {
-    q: Vec<i16>,
-    scale: f32,
+    pub(super) q: Vec<i16>,
+    pub(super) scale: f32,
 }
 
 impl Query {
@@ -158,9 +164,9 @@ pub fn top_k(slots: &[u8], header: &Header, query: &[f32], k: usize, filter: &Fi
     ranked(heap)
 }
 
-/// Two stages: the Hamming distance of every entry's sign code to the query's (entries the
-/// filter refuses are left out here already), the nearest `candidates` kept (ties at the
-/// boundary cut in slot order), then the exact score of those alone.
+/// Two stages: the first-stage score of every entry's code (entries the filter refuses are
+/// left out here already), the best `candidates` kept, then the exact score of those alone.
+/// Without codes (no directions learned yet) this is the exact scan.
 pub fn top_k_two_stage(
     slots: &[u8],
     header: &Header,
@@ -170,48 +176,29 @@ pub fn top_k_two_stage(
     filter: &Filter,
     candidates: usize,
 ) -> Vec<Hit> {
+    if !codes.ready() {
+        return top_k(slots, header, query, k, filter);
+    }
     let k = k.clamp(1, K_MAX);
     let (dim, ss) = (header.dim as usize, header.slot_size as usize);
-    let mut dist = Vec::with_capacity(header.capacity as usize);
-    codes.distances(&codes.query(query), &mut dist);
+    let mut first = Vec::with_capacity(header.capacity as usize);
+    codes.scores(query, &mut first);
     if filter != &Filter::default() {
         let source = filter
             .source
             .as_deref()
             .map(|s| super::slot::fit(s, super::SOURCE_MAX).as_bytes());
-        for (d, bytes) in dist.iter_mut().zip(slots.chunks_exact(ss)) {
+        for (d, bytes) in first.iter_mut().zip(slots.chunks_exact(ss)) {
             let slot = SlotView::new(bytes, dim);
             if slot.seq() == 0 || !passes(&slot, filter, source) {
-                *d = u16::MAX;
+                *d = f32::NEG_INFINITY;
             }
         }
     }
-    // the distance that takes the candidate count: a histogram, not a sort
-    let mut hist = vec![0usize; dim + 2];
-    for &d in &dist {
-        if (d as usize) <= dim {
-            hist[d as usize] += 1;
-        }
-    }
-    let (mut cut, mut below) = (0usize, 0usize);
-    while cut <= dim && below + hist[cut] < candidates {
-        below += hist[cut];
-        cut += 1;
-    }
-    let mut at_cut = candidates.saturating_sub(below);
+    let chosen = best(&first, candidates.max(k));
     let query = Query::new(query);
     let mut heap: Heap = BinaryHeap::new();
-    for (i, &d) in dist.iter().enumerate() {
-        let d = d as usize;
-        if d > cut {
-            continue;
-        }
-        if d == cut {
-            if at_cut == 0 {
-                continue;
-            }
-            at_cut -= 1;
-        }
+    for i in chosen {
         let slot = SlotView::new(&slots[i * ss..(i + 1) * ss], dim);
         let seq = slot.seq();
         if seq == 0 {
@@ -221,6 +208,45 @@ pub fn top_k_two_stage(
         push(&mut heap, Scored(score, seq), k);
     }
     ranked(heap)
+}
+
+/// The indices of the `n` best finite scores (all of them when fewer), in slot order (the
+/// exact stage then reads the ring forwards). A threshold from a sample of the scores finds
+/// them in two passes without sorting a million values; ties at the boundary are cut in
+/// slot order.
+fn best(scores: &[f32], n: usize) -> Vec<usize> {
+    let finite = |s: &&f32| s.is_finite();
+    if scores.iter().filter(finite).count() <= n {
+        return (0..scores.len())
+            .filter(|&i| scores[i].is_finite())
+            .collect();
+    }
+    // a threshold a little below the n-th best, from every step-th score
+    let step = (scores.len() / 16_384).max(1);
+    let mut sample: Vec<f32> = scores
+        .iter()
+        .step_by(step)
+        .copied()
+        .filter(|s| s.is_finite())
+        .collect();
+    sample.sort_unstable_by(|a, b| b.total_cmp(a));
+    let mut want = (n / step) * 5 / 4 + 1;
+    loop {
+        let t = sample.get(want).copied().unwrap_or(f32::NEG_INFINITY);
+        let mut above: Vec<usize> = (0..scores.len()).filter(|&i| scores[i] > t).collect();
+        if above.len() >= n || t == f32::NEG_INFINITY {
+            if above.len() > n {
+                // keep the n best of them (ties: the earlier slot)
+                above.select_nth_unstable_by(n - 1, |&a, &b| {
+                    scores[b].total_cmp(&scores[a]).then(a.cmp(&b))
+                });
+                above.truncate(n);
+            }
+            above.sort_unstable();
+            return above;
+        }
+        want = want * 2 + 1;
+    }
 }
 
 fn push(heap: &mut Heap, item: Scored, k: usize) {
@@ -257,9 +283,20 @@ impl Index {
         self.search_mode(query, k, filter, Mode::Exact)
     }
 
+    /// Whether two-stage searches use their codes (the ring has held
+    /// [`super::codes::LEARN_FROM`] entries since it was opened or re-projected).
+    pub fn two_stage_ready(&self) -> bool {
+        self.with_slots_and_codes(|_, _, codes| codes.ready())
+    }
+
     pub fn search_mode(&self, query: &[f32], k: usize, filter: &Filter, mode: Mode) -> Vec<Hit> {
+        let two = match mode {
+            Mode::Auto => self.len() >= TWO_STAGE_FROM,
+            Mode::Exact => false,
+            Mode::TwoStage => true,
+        };
         self.with_slots_and_codes(|slots, h, codes| {
-            if mode == Mode::TwoStage {
+            if two {
                 top_k_two_stage(slots, h, codes, query, k, filter, CANDIDATES)
             } else {
                 top_k(slots, h, query, k, filter)

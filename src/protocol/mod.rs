@@ -29,9 +29,9 @@ pub enum Command {
         /// only frames up to this time
         until: Option<When>,
         source: Option<String>,
-        /// rank every entry exactly (the default); `exact=0`: two stages, faster on a large
-        /// ring, may swap near-duplicate frames (`index::search::Mode`)
-        exact: bool,
+        /// `exact=1`: rank every entry exactly; `exact=0`: two stages; absent: the index
+        /// chooses (two stages on rings large enough to need them, `index::search::Mode`)
+        exact: Option<bool>,
     },
     Similar {
         id: u64,
@@ -227,7 +227,7 @@ pub enum Response {
 }
 
 pub const HELP: &[&str] = &[
-    "search <text> [k=N] [since=10m] [until=T] [source=S] [exact=0]  frames that match the text",
+    "search <text> [k=N] [since=10m] [until=T] [source=S] [exact=0|1]  frames that match the text",
     "similar <id> [k=N]                           frames like frame <id> (not itself)",
     "thumb <id>                                   the frame's JPEG thumbnail, base64",
     "status                                       counters and model",
@@ -254,7 +254,7 @@ mod tests {
                 since: Some(When::Ago { s: 600 }),
                 until: None,
                 source: Some("cam0".into()),
-                exact: true
+                exact: None
             }
         );
         assert_eq!(
@@ -265,7 +265,7 @@ mod tests {
                 since: None,
                 until: None,
                 source: None,
-                exact: true
+                exact: None
             }
         );
         assert!(parse(b"search k=3").is_err());
@@ -277,8 +277,14 @@ mod tests {
             let Command::Search { exact, .. } = parse(line).unwrap().cmd else {
                 panic!()
             };
-            assert!(!exact);
+            assert_eq!(exact, Some(false));
         }
+        assert_eq!(
+            parse(b"search x exact=1").unwrap().cmd,
+            parse(br#"{"cmd":"search","text":"x","exact":true}"#)
+                .unwrap()
+                .cmd
+        );
         assert!(parse(b"search x exact=maybe").is_err());
         assert!(parse(br#"{"cmd":"search","text":"x","exact":1}"#).is_err());
         assert!(parse(b"search x k=0").is_err());
@@ -297,7 +303,7 @@ mod tests {
                 since: None,
                 until: None,
                 source: None,
-                exact: true
+                exact: None
             }
         );
         let e = parse(br#"{"id":"a","cmd":"search"}"#).unwrap_err();

@@ -72,7 +72,7 @@ pub fn parse(line: &[u8]) -> Result<Request, ParseError> {
         "" => return Err(human("empty line; type help".into())),
         "search" | "s" => {
             let (mut k, mut since, mut until, mut source) = (DEFAULT_K, None, None, None);
-            let mut exact = true;
+            let mut exact = None;
             let mut words = Vec::new();
             for w in rest.split_whitespace() {
                 if let Some(v) = w.strip_prefix("k=") {
@@ -85,8 +85,8 @@ pub fn parse(line: &[u8]) -> Result<Request, ParseError> {
                     source = Some(v.to_string());
                 } else if let Some(v) = w.strip_prefix("exact=") {
                     exact = match v {
-                        "1" | "true" => true,
-                        "0" | "false" => false,
+                        "1" | "true" => Some(true),
+                        "0" | "false" => Some(false),
                         _ => return Err(human(format!("exact={v}: use exact=1 or exact=0"))),
                     };
                 } else {
@@ -243,8 +243,8 @@ fn parse_json(text: &str) -> Result<Request, ParseError> {
                 Some(_) => return Err(err("\"source\" must be a string".into())),
             },
             exact: match obj.get("exact") {
-                None => true,
-                Some(Value::Bool(b)) => *b,
+                None => None,
+                Some(Value::Bool(b)) => Some(*b),
                 Some(_) => return Err(err("\"exact\" must be true or false".into())),
             },
         },
