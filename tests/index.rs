@@ -783,8 +783,20 @@ fn two_stage_search_agrees_with_the_exact_scan() {
     }
     // a tenth of the ring as candidates, 125 near-duplicates a scene
     assert!(found >= 195, "{found} of 200");
-    // reopened: the directions are learned again at open
+    // reopened: no directions until they are learned (the daemon does it on its own thread)
     drop(idx);
     let idx = Index::open_or_create(&d, DIM, n, BUNDLE).unwrap();
+    assert!(!idx.two_stage_ready());
+    let q = scene_frame(7_000_000);
+    let exact = idx.search_mode(&q, 10, &Filter::default(), Mode::Exact);
+    assert_eq!(
+        idx.search_mode(&q, 10, &Filter::default(), Mode::TwoStage),
+        exact
+    );
+    idx.learn_codes();
     assert!(idx.two_stage_ready());
+    assert_eq!(
+        idx.search_mode(&q, 10, &Filter::default(), Mode::TwoStage),
+        exact
+    );
 }

@@ -467,6 +467,13 @@ pub fn start(cfg: &config::Config) -> crate::Result<(Arc<Shared>, std::thread::J
     log::info!("source {spec}; socket {}", cfg.socket().display());
     signals::stop_on_signal(shared.clone(), cfg.socket(), cfg.file.clone());
     ingest::start(shared.clone(), source, gates, ingest::workers(cfg.workers));
+    // the two-stage search's codes, off the answer path: a large ring answers exactly at
+    // once and in two stages seconds later
+    let s = shared.clone();
+    std::thread::Builder::new()
+        .name("codes".into())
+        .spawn(move || s.index.learn_codes())
+        .context("spawn codes")?;
     if let Some(dev) = &cfg.serial {
         let (s, d, b) = (shared.clone(), dev.clone(), cfg.baud.unwrap_or(115_200));
         std::thread::Builder::new()

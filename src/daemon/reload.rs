@@ -217,6 +217,8 @@ fn run(shared: &Shared, dir: &Path, from_thumbnails: bool) -> Result<Done> {
     let name = bundle.manifest.name.clone();
     *model = Arc::new(enc);
     drop(model);
+    // the search codes of the new space (searches answer exactly meanwhile)
+    index.learn_codes();
     Ok(Done {
         model: name,
         reprojected,

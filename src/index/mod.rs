@@ -186,6 +186,8 @@ struct Maps {
     layout: Layout,
     /// every slot's projection code, for two-stage searches (memory only; `codes`)
     codes: codes::Codes,
+    /// bumped by every re-projection commit (codes learned before it are stale)
+    generation: u64,
     /// Sequence number of the newest valid entry (0 when empty).
     head: u64,
     live: u64,
@@ -560,6 +562,7 @@ impl Index {
             bundle_id: header.bundle_id,
             layout,
             codes: codes::Codes::new(header.dim as usize, header.capacity as usize),
+            generation: 0,
             head: 0,
             live: 0,
         };
@@ -638,8 +641,6 @@ impl Index {
             }
         }
         maps.live = r.entries;
-        // after the damaged slots are cleared: only valid entries get a code
-        maps.codes = codes::Codes::build(&maps.index[HEADER_SIZE..], h);
         r
     }
 
@@ -1094,7 +1095,9 @@ impl Index {
                 .context("mapping the new features.ml")?;
             maps.layout = layout;
         }
-        maps.codes = codes::Codes::build(&maps.index[HEADER_SIZE..], &self.header);
+        // the old codes describe the old space; the caller learns new ones (`learn_codes`)
+        maps.codes = codes::Codes::new(self.header.dim as usize, self.header.capacity as usize);
+        maps.generation += 1;
         let ss = self.header.slot_size as usize;
         maps.live = (0..self.header.capacity as usize)
             .filter(|i| {
@@ -1103,6 +1106,50 @@ impl Index {
             })
             .count() as u64;
         Ok(())
+    }
+
+    /// Learns the two-stage search's directions from the ring and projects every entry
+    /// ([`codes`]): seconds at a million entries, so the daemon runs it on its own thread
+    /// after open and after a re-projection, while searches go on (exact until it is done;
+    /// appends wait for it, as they would for a long search). Does nothing when the codes
+    /// exist or the ring holds fewer than [`codes::LEARN_FROM`] entries (the append that
+    /// reaches that count learns them).
+    pub fn learn_codes(&self) {
+        let (built, head, generation) = {
+            let maps = self.maps.read().expect("index lock");
+            if maps.codes.ready() {
+                return;
+            }
+            let t = std::time::Instant::now();
+            let built = codes::Codes::build(&maps.index[HEADER_SIZE..], &self.header);
+            if built.ready() {
+                log::info!(
+                    "{}: search codes for {} entries in {} ms",
+                    self.dir.display(),
+                    maps.live,
+                    t.elapsed().as_millis()
+                );
+            }
+            (built, maps.head, maps.generation)
+        };
+        let mut maps = self.maps.write().expect("index lock");
+        if !built.ready() || maps.codes.ready() || maps.generation != generation {
+            return; // too few entries, learned meanwhile, or another space since
+        }
+        let mut built = built;
+        // what was appended between the two locks gets its code here
+        let (ss, dim) = (self.header.slot_size as usize, self.header.dim as usize);
+        for seq in head + 1..=maps.head {
+            let slot = ((seq - 1) % self.header.capacity) as usize;
+            let off = HEADER_SIZE + slot * ss;
+            let view = slot::SlotView::new(&maps.index[off..off + ss], dim);
+            if view.seq() == seq {
+                built.set(slot, view.embedding(), view.scale());
+            } else {
+                built.clear(slot);
+            }
+        }
+        maps.codes = built;
     }
 
     pub(crate) fn with_slots_and_codes<R>(
