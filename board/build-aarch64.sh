@@ -2,7 +2,8 @@
 # Build moonlensd for aarch64-unknown-linux-gnu (Jetson-class boards) on a Debian machine.
 # Uses Debian's Rust (rustc-web) and its arm64 standard library, because rustup cannot fetch
 # targets here; only the daemon and its dependencies are compiled (--no-default-features
-# leaves the host-only feature out). Output: target/aarch64-unknown-linux-gnu/release/moonlensd
+# leaves the host-only feature out). MOONLENS_FEATURES=mqtt builds the MQTT publisher in
+# (`--mqtt`, board/README.md). Output: target/aarch64-unknown-linux-gnu/release/moonlensd
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 need=(rustc-web cargo-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu libc6-dev-arm64-cross
@@ -20,7 +21,7 @@ export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
 export BINDGEN_EXTRA_CLANG_ARGS_aarch64_unknown_linux_gnu="--target=aarch64-linux-gnu -I/usr/aarch64-linux-gnu/include"
 cd "$root"
 RUSTC=/usr/bin/rustc /usr/bin/cargo build --release --locked --target aarch64-unknown-linux-gnu \
-  --no-default-features --bin moonlensd
+  --no-default-features ${MOONLENS_FEATURES:+--features "$MOONLENS_FEATURES"} --bin moonlensd
 bin=target/aarch64-unknown-linux-gnu/release/moonlensd
 aarch64-linux-gnu-strip -o "$bin.stripped" "$bin"
 echo "built $bin ($(stat -c %s "$bin.stripped") bytes stripped)"

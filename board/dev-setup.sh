@@ -4,7 +4,8 @@
 set -euo pipefail
 missing=()
 # fonts-wqy-microhei: the CJK font of the contact sheets and curves (host::font)
-for p in libclang-dev clang fonts-wqy-microhei; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+# mosquitto: the MQTT broker tests/mqtt.rs starts on loopback
+for p in libclang-dev clang fonts-wqy-microhei mosquitto; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
   $sudo apt-get update -q

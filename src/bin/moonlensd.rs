@@ -10,7 +10,8 @@ const USAGE: &str = "usage:
   moonlensd [--bundle DIR] [--source v4l:/dev/videoN|dir:PATH] [--index DIR] [--socket PATH]
             [--serial DEV --baud N] [--config FILE] [--capacity N] [--fps N] [--loop]
             [--width N --height N] [--gate-pixels X] [--gate-embedding X]
-            [--watch-cooldown-s N] [--workers N] [--console|--no-console]
+            [--watch-cooldown-s N] [--workers N] [--mqtt mqtt://HOST[:PORT] [--mqtt-topic T]]
+            [--console|--no-console]
   moonlensd query <text> [--json] [--k N] [--socket PATH]
   moonlensd verify --index DIR";
 

@@ -30,6 +30,10 @@ pub struct Config {
     pub watch_cooldown_s: Option<u64>,
     /// Encode workers (1..=8); default: one per core.
     pub workers: Option<usize>,
+    /// Publish watch matches and status to this MQTT broker (`mqtt://host[:port]`).
+    pub mqtt: Option<String>,
+    /// Topic prefix for MQTT (`<prefix>/match`, `<prefix>/status`); default `moonlens`.
+    pub mqtt_topic: Option<String>,
     /// Serve the protocol on stdin/stdout; default: when stdin is a terminal.
     pub console: Option<bool>,
     /// The file these options came from (`--config`), which SIGHUP re-reads.
@@ -53,6 +57,8 @@ pub const OPTIONS: &[&str] = &[
     "gate-embedding",
     "watch-cooldown-s",
     "workers",
+    "mqtt",
+    "mqtt-topic",
     "console",
     "config",
     "no-console",
@@ -146,6 +152,12 @@ impl Config {
                 );
             }
             self.workers = Some(v);
+        }
+        if let Some(v) = a.get("mqtt") {
+            self.mqtt = Some(v.into());
+        }
+        if let Some(v) = a.get("mqtt-topic") {
+            self.mqtt_topic = Some(v.into());
         }
         if a.flag("console") {
             self.console = Some(true);

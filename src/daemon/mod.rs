@@ -9,6 +9,8 @@
 pub mod clients;
 pub mod config;
 pub mod ingest;
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
 pub mod reload;
 pub mod signals;
 pub mod transport;
@@ -45,6 +47,8 @@ pub struct Counters {
     pub store_errors: AtomicU64,
     /// `+MATCH` pushes lost to a client whose outbox was full
     pub pushes_lost: AtomicU64,
+    /// MQTT messages dropped because the broker's queue was full (broker away or slow)
+    pub mqtt_dropped: AtomicU64,
 }
 
 /// A counting semaphore for the query slots. The slot comes back when the work ends however
@@ -112,6 +116,9 @@ pub struct Shared {
     pub(crate) clients: Arc<clients::Clients>,
     subscribers: Mutex<Vec<Subscriber>>,
     next_subscriber: AtomicU64,
+    /// The MQTT publisher, when `--mqtt` names a broker.
+    #[cfg(feature = "mqtt")]
+    pub(crate) mqtt: std::sync::OnceLock<mqtt::Publisher>,
     slots: Slots,
 }
 
@@ -140,6 +147,8 @@ impl Shared {
             clients: Arc::default(),
             subscribers: Mutex::new(Vec::new()),
             next_subscriber: AtomicU64::new(1),
+            #[cfg(feature = "mqtt")]
+            mqtt: std::sync::OnceLock::new(),
             slots: Slots::new(QUERY_SLOTS),
         }
     }
@@ -167,6 +176,16 @@ impl Shared {
     /// at once only makes every client slower). Every encode and every scan runs in one.
     pub fn with_query_slot<T>(&self, f: impl FnOnce() -> T) -> T {
         self.slots.run(f)
+    }
+
+    /// Publishes watch matches and status to an MQTT broker from now on ([`mqtt`]); a second
+    /// call is refused.
+    #[cfg(feature = "mqtt")]
+    pub fn start_mqtt(self: &Arc<Self>, target: &mqtt::Target) -> crate::Result<()> {
+        let p = mqtt::Publisher::start(target, self)?;
+        self.mqtt
+            .set(p)
+            .map_err(|_| crate::Error::new("an MQTT publisher is running already"))
     }
 
     pub fn subscribe(&self, json: Arc<AtomicBool>, outbox: SyncSender<String>) -> u64 {
@@ -198,6 +217,21 @@ impl Shared {
                 self.counters.pushes_lost.fetch_add(1, Relaxed);
             }
         }
+        #[cfg(feature = "mqtt")]
+        if let Some(p) = self.mqtt.get() {
+            let text = self
+                .watches
+                .lock()
+                .expect("watches")
+                .list
+                .iter()
+                .find(|w| w.n == watch)
+                .map(|w| w.text.clone())
+                .unwrap_or_default();
+            if !p.publish_match(watch, &text, hit) {
+                self.counters.mqtt_dropped.fetch_add(1, Relaxed);
+            }
+        }
     }
 
     fn hits(&self, hits: Vec<crate::index::search::Hit>) -> Vec<HitView> {
@@ -225,6 +259,7 @@ impl Shared {
             encode_errors: self.counters.encode_errors.load(Relaxed),
             store_errors: self.counters.store_errors.load(Relaxed),
             pushes_lost: self.counters.pushes_lost.load(Relaxed),
+            mqtt_dropped: self.counters.mqtt_dropped.load(Relaxed),
             source_done: self.source_done.load(Relaxed),
             model: self.model().bundle().manifest.name.clone(),
             uptime_s: self.started.elapsed().as_secs(),
@@ -411,6 +446,22 @@ impl Shared {
 /// alive, e.g. by serving the console or joining the socket thread).
 pub fn start(cfg: &config::Config) -> crate::Result<(Arc<Shared>, std::thread::JoinHandle<()>)> {
     use crate::error::Context;
+    // a broker named wrong is refused before anything is loaded or created
+    #[cfg(feature = "mqtt")]
+    let mqtt_target = match &cfg.mqtt {
+        Some(url) => Some(mqtt::Target::parse(
+            url,
+            cfg.mqtt_topic.as_deref().unwrap_or("moonlens"),
+        )?),
+        None => None,
+    };
+    #[cfg(not(feature = "mqtt"))]
+    if let Some(url) = &cfg.mqtt {
+        crate::bail!(
+            "--mqtt {url}: this moonlensd was built without MQTT (cargo feature `mqtt`; \
+             board/README.md says how to build it in)"
+        );
+    }
     // before any thread starts, so that only the signal thread ever takes them
     signals::block();
     // The socket first: a second daemon started by mistake stops here, before it touches the
@@ -463,6 +514,16 @@ pub fn start(cfg: &config::Config) -> crate::Result<(Arc<Shared>, std::thread::J
         .restore(shared.index.dir(), |t| shared.model().embed_text(t));
     if restored > 0 {
         log::info!("{restored} watch(es) restored from {}", watch::FILE);
+    }
+    #[cfg(feature = "mqtt")]
+    if let Some(target) = &mqtt_target {
+        shared.start_mqtt(target)?;
+        log::info!(
+            "mqtt: publishing to mqtt://{}:{} under {}/",
+            target.host,
+            target.port,
+            target.topic
+        );
     }
     log::info!("source {spec}; socket {}", cfg.socket().display());
     signals::stop_on_signal(shared.clone(), cfg.socket(), cfg.file.clone());

@@ -196,6 +196,7 @@ pub struct StatusView {
     pub encode_errors: u64,
     pub store_errors: u64,
     pub pushes_lost: u64,
+    pub mqtt_dropped: u64,
     pub source_done: bool,
     pub model: String,
     pub uptime_s: u64,
