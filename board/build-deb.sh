@@ -6,6 +6,10 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 "$root/board/build-aarch64.sh"
+# moonlensd's completions and man page, generated from its command definition by the host
+# tool (the same definitions the arm64 binary was built from)
+cargo build --release --locked --bin moonlens-host
+target/release/moonlens-host completions --out target/share >/dev/null
 export PATH="$HOME/.cargo/bin:$PATH"
 command -v cargo-deb >/dev/null || cargo install --locked cargo-deb@3.8.0
 # --no-build: the binary is the one build-aarch64.sh made with Debian's cross toolchain.
@@ -21,7 +25,10 @@ dpkg-deb -x "$deb" "$x"
 [ "$(dpkg-deb --field "$deb" Architecture)" = arm64 ]
 for f in models/default/*; do cmp "$f" "$x/opt/moonlens/models/default/$(basename "$f")"; done
 file "$x/opt/moonlens/bin/moonlensd" | grep -q "ARM aarch64" || { echo "packaged binary is not aarch64" >&2; exit 1; }
-for f in etc/moonlens/moonlensd.toml lib/systemd/system/moonlensd.service lib/udev/rules.d/99-moonlens.rules; do
+for f in etc/moonlens/moonlensd.toml lib/systemd/system/moonlensd.service lib/udev/rules.d/99-moonlens.rules \
+         usr/share/man/man1/moonlensd.1.gz usr/share/bash-completion/completions/moonlensd \
+         usr/share/zsh/vendor-completions/_moonlensd usr/share/fish/vendor_completions.d/moonlensd.fish \
+         opt/moonlens/share/moonlensd-mqtt.conf; do
   [ -f "$x/$f" ] || { echo "package lacks /$f" >&2; exit 1; }
 done
 echo "package contents check: ok"

@@ -1,5 +1,6 @@
-//! Minimal command-line parsing shared by the two binaries: `--name value` options, `--flag`
-//! switches and positionals, with errors that name the bad argument.
+//! Minimal command-line parsing for `moonlens-host` (moonlensd is on clap, `daemon::cli`):
+//! `--name value` options, `--flag` switches and positionals, with errors that name the bad
+//! argument.
 
 use crate::error::{Error, Result};
 use std::collections::BTreeMap;

@@ -24,6 +24,7 @@ const USAGE: &str = "usage:
   moonlens-host parity --bundle DIR   (a converted bundle's reference.json vs tract)
   moonlens-host bench encode --bundle DIR [--runs N] [--json]
   moonlens-host bench profile --bundle DIR [--runs N]
+  moonlens-host completions --out DIR   (moonlensd's bash/zsh/fish completions and man page)
   moonlens-host bench ingest [--bundle models/default] [--images models/samples] [--frames 88] [--json]
   moonlens-host bench reproject [--bundle models/default] [--entries 10000] [--json]
   moonlens-host bench search [--entries N] [--queries N] [--exact] [--candidates N] [--bundle models/default] [--images models/samples] [--json]
@@ -263,6 +264,14 @@ fn run() -> Result<()> {
                 args.number("entries", 10_000)?,
                 args.flag("json"),
             )
+        }
+        ("completions", None) => {
+            args.only(&["out"])?;
+            let out = Path::new(args.require("out")?);
+            for f in moonlens::host::completions::write(out)? {
+                println!("{}", f.display());
+            }
+            Ok(())
         }
         ("bench", Some("ingest")) => {
             args.only(&["bundle", "images", "frames", "json"])?;

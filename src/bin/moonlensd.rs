@@ -1,23 +1,16 @@
 //! moonlensd: the board daemon. Ingests camera frames into the ring index and answers text
 //! queries on a Unix socket, a serial line and the terminal. See `docs/protocol.md`.
-use moonlens::cli::Args;
-use moonlens::daemon::config::{Config, OPTIONS};
+use clap::Parser;
+use moonlens::daemon::cli::{Cli, Cmd};
+use moonlens::daemon::config::Config;
 use moonlens::Result;
 use std::io::{BufRead, BufReader, IsTerminal, Write};
-use std::path::Path;
-
-const USAGE: &str = "usage:
-  moonlensd [--bundle DIR] [--source v4l:/dev/videoN|dir:PATH] [--index DIR] [--socket PATH]
-            [--serial DEV --baud N] [--config FILE] [--capacity N] [--fps N] [--loop]
-            [--width N --height N] [--gate-pixels X] [--gate-embedding X]
-            [--watch-cooldown-s N] [--workers N] [--mqtt mqtt://HOST[:PORT] [--mqtt-topic T]]
-            [--console|--no-console]
-  moonlensd query <text> [--json] [--k N] [--socket PATH]
-  moonlensd verify --index DIR";
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    match run() {
+    // --help, --version and bad options: clap prints and exits (0 for help, 2 for errors)
+    let cli = Cli::parse();
+    match run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("moonlensd: {e}");
@@ -26,21 +19,10 @@ fn main() {
     }
 }
 
-fn run() -> Result<i32> {
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    match argv.first().map(String::as_str) {
-        Some("--help" | "-h" | "help") => {
-            println!("{USAGE}");
-            Ok(0)
-        }
-        Some("verify") => {
-            let a = Args::parse(argv[1..].to_vec(), &[])?;
-            if a.wants_help() {
-                println!("{USAGE}");
-                return Ok(0);
-            }
-            a.only(&["index"])?;
-            let r = moonlens::index::Index::verify(Path::new(a.require("index")?))?;
+fn run(cli: Cli) -> Result<i32> {
+    match cli.cmd {
+        Some(Cmd::Verify { index }) => {
+            let r = moonlens::index::Index::verify(&index)?;
             println!("{}", serde_json::to_string(&r).expect("plain struct"));
             // damage found now, or found and quarantined by an earlier start
             Ok(if r.corrupt > 0 || r.quarantined > 0 {
@@ -49,25 +31,17 @@ fn run() -> Result<i32> {
                 0
             })
         }
-        Some("query") => query(Args::parse(argv[1..].to_vec(), &["json"])?),
-        _ => daemon(Args::parse(argv, &["loop", "console", "no-console"])?),
+        Some(Cmd::Query {
+            text,
+            json,
+            k,
+            socket,
+        }) => query(&text.join(" "), json, k, &socket),
+        None => daemon(Config::resolve(cli.cfg)?),
     }
 }
 
-fn daemon(a: Args) -> Result<i32> {
-    if a.wants_help() {
-        println!("{USAGE}");
-        return Ok(0);
-    }
-    a.only(OPTIONS)?;
-    if let Some(p) = a.positional.first() {
-        moonlens::bail!("unexpected argument {p:?}\n{USAGE}");
-    }
-    let mut cfg = match a.get("config") {
-        Some(p) => Config::from_file(Path::new(p))?,
-        None => Config::default(),
-    };
-    cfg.apply_args(&a)?;
+fn daemon(cfg: Config) -> Result<i32> {
     let (shared, socket) = moonlens::daemon::start(&cfg)?;
     if cfg
         .console
@@ -92,38 +66,31 @@ fn is_push(line: &str) -> bool {
 }
 
 /// A socket client: one request, its answer on stdout.
-fn query(a: Args) -> Result<i32> {
-    if a.wants_help() {
-        println!("{USAGE}");
-        return Ok(0);
-    }
-    a.only(&["json", "k", "socket"])?;
-    let text = a.positional.join(" ");
+fn query(text: &str, json: bool, k: usize, path: &std::path::Path) -> Result<i32> {
     if text.trim().is_empty() {
-        moonlens::bail!("query needs some text\n{USAGE}");
+        moonlens::bail!("query needs some text, e.g. moonlensd query a rabbit");
     }
-    let k: usize = a.number("k", 5)?;
-    let path = a.get("socket").unwrap_or("var/moonlens.sock");
+    let shown = path.display();
     let mut s = std::os::unix::net::UnixStream::connect(path).map_err(|e| {
         moonlens::Error::new(format!(
-            "cannot connect to {path}: {e}; is moonlensd running (see README)?"
+            "cannot connect to {shown}: {e}; is moonlensd running (see README)?"
         ))
     })?;
-    let line = if a.flag("json") {
+    let line = if json {
         serde_json::json!({"id": 1, "cmd": "search", "text": text, "k": k}).to_string()
     } else {
         format!("search {text} k={k}")
     };
-    writeln!(s, "{line}").map_err(|e| moonlens::Error::new(format!("writing to {path}: {e}")))?;
+    writeln!(s, "{line}").map_err(|e| moonlens::Error::new(format!("writing to {shown}: {e}")))?;
     let mut ok = true;
     for l in BufReader::new(s).lines() {
-        let l = l.map_err(|e| moonlens::Error::new(format!("reading from {path}: {e}")))?;
+        let l = l.map_err(|e| moonlens::Error::new(format!("reading from {shown}: {e}")))?;
         // a watch may push a match to every client at any moment: not this query's answer
         if is_push(&l) {
             continue;
         }
         println!("{l}");
-        if a.flag("json") {
+        if json {
             ok = l.contains("\"ok\":true");
             break;
         }

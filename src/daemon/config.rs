@@ -1,68 +1,89 @@
-//! Daemon options: defaults, then a TOML config file (`--config`), then the command line.
+//! Daemon options, defined once: this struct is the command line (`clap`), the TOML config
+//! file (`serde`; the same names with `_` for `-`) and the usage text (`moonlensd --help`),
+//! so they cannot drift. Precedence: defaults, then `--config FILE`, then the command line.
 
-use crate::cli::Args;
 use crate::error::{Context, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Model bundle directory [default: models/default]
+    #[arg(long, value_name = "DIR")]
     pub bundle: Option<PathBuf>,
-    /// `v4l:/dev/videoN` or `dir:PATH`; default: /dev/video0 if present, else the samples.
+    /// Frames from `v4l:/dev/videoN` or `dir:PATH` (a replay) [default: /dev/video0 if
+    /// present, else the bundled samples]
+    #[arg(long, value_name = "SPEC")]
     pub source: Option<String>,
+    /// Index directory [default: var/index]
+    #[arg(long, value_name = "DIR")]
     pub index: Option<PathBuf>,
+    /// Unix socket to answer on [default: var/moonlens.sock]
+    #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
+    /// Serial line to answer on too (e.g. /dev/ttyTHS0)
+    #[arg(long, value_name = "DEV")]
     pub serial: Option<String>,
+    /// Serial speed [default: 115200]
+    #[arg(long, value_name = "N")]
     pub baud: Option<u32>,
-    /// Entries the ring holds (fixed when the index is created).
+    /// Entries the ring holds, fixed when the index is created [default: 10000]
+    #[arg(long, value_name = "N")]
     pub capacity: Option<u64>,
+    /// Frames a second to take [default: 2 from a camera, 20 from a replay]
+    #[arg(long, value_name = "N", value_parser = positive_number)]
     pub fps: Option<f64>,
+    /// Camera frame width [default: 640]
+    #[arg(long, value_name = "N")]
     pub width: Option<u32>,
+    /// Camera frame height [default: 480]
+    #[arg(long, value_name = "N")]
     pub height: Option<u32>,
-    /// Replay a `dir:` source forever.
+    /// Replay a `dir:` source forever
+    #[arg(long = "loop", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     #[serde(rename = "loop")]
     pub looping: Option<bool>,
-    /// Pixel gate threshold (0 = off); default: on for cameras, off for replays.
+    /// Pixel gate: mean grey difference (0-255) under which a frame is skipped, 0 = off
+    /// [default: 2 for cameras, off for replays]
+    #[arg(long, value_name = "X")]
     pub gate_pixels: Option<f32>,
-    /// Embedding gate cosine (>= 1 = off); default: on for cameras, off for replays.
+    /// Embedding gate: cosine to the last stored frame above which a frame is skipped,
+    /// >= 1 = off [default: 0.985 for cameras, off for replays]
+    #[arg(long, value_name = "X")]
     pub gate_embedding: Option<f32>,
+    /// Quiet time after a watch fired, in seconds [default: 60]
+    #[arg(long, value_name = "N")]
     pub watch_cooldown_s: Option<u64>,
-    /// Encode workers (1..=8); default: one per core.
-    pub workers: Option<usize>,
-    /// Publish watch matches and status to this MQTT broker (`mqtt://host[:port]`).
+    /// Threads that encode frames, 1-8 [default: one per core]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=super::ingest::MAX_WORKERS as i64))]
+    pub workers: Option<u8>,
+    /// Publish watch matches and status to this MQTT broker (`mqtt://host[:port]`)
+    #[arg(long, value_name = "URL")]
     pub mqtt: Option<String>,
-    /// Topic prefix for MQTT (`<prefix>/match`, `<prefix>/status`); default `moonlens`.
+    /// Topic prefix for MQTT (`<prefix>/match`, `<prefix>/status`) [default: moonlens]
+    #[arg(long, value_name = "TOPIC")]
     pub mqtt_topic: Option<String>,
-    /// Serve the protocol on stdin/stdout; default: when stdin is a terminal.
+    /// Serve the protocol on stdin/stdout [default: when stdin is a terminal]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub console: Option<bool>,
-    /// The file these options came from (`--config`), which SIGHUP re-reads.
+    /// Do not serve the terminal (same as --console=false)
+    #[arg(long, conflicts_with = "console")]
+    #[serde(skip)]
+    pub no_console: bool,
+    /// Read these options from a TOML file first (SIGHUP re-reads its `bundle`)
+    #[arg(long = "config", value_name = "FILE")]
     #[serde(skip)]
     pub file: Option<PathBuf>,
 }
 
-pub const OPTIONS: &[&str] = &[
-    "bundle",
-    "source",
-    "index",
-    "socket",
-    "serial",
-    "baud",
-    "capacity",
-    "fps",
-    "width",
-    "height",
-    "loop",
-    "gate-pixels",
-    "gate-embedding",
-    "watch-cooldown-s",
-    "workers",
-    "mqtt",
-    "mqtt-topic",
-    "console",
-    "config",
-    "no-console",
-];
+/// A finite number above zero (`--fps`).
+fn positive_number(v: &str) -> std::result::Result<f64, String> {
+    v.parse::<f64>()
+        .ok()
+        .filter(|x| x.is_finite() && *x > 0.0)
+        .ok_or_else(|| format!("{v:?} is not a number above zero"))
+}
 
 impl Config {
     pub fn from_file(path: &Path) -> Result<Config> {
@@ -74,97 +95,32 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Command-line options override the file's.
-    pub fn apply_args(&mut self, a: &Args) -> Result<()> {
-        let num = |n: &str| -> Result<Option<f64>> {
-            a.get(n)
-                .map(|v| {
-                    v.parse::<f64>()
-                        .ok()
-                        .filter(|x| x.is_finite())
-                        .ok_or_else(|| crate::Error::new(format!("--{n} {v:?} is not a number")))
-                })
-                .transpose()
+    /// The options in effect: `--config`'s file (when given) under the command line's.
+    pub fn resolve(cli: Config) -> Result<Config> {
+        let mut cfg = match &cli.file {
+            Some(p) => Config::from_file(p)?,
+            None => Config::default(),
         };
-        // counts and sizes: a whole number in range, never a float cut down in silence
-        // (`--capacity 2.5` used to become 2)
-        fn whole<T: std::str::FromStr + TryFrom<u64>>(a: &Args, n: &str) -> Result<Option<T>> {
-            a.get(n)
-                .map(|v| {
-                    v.parse::<u64>()
-                        .ok()
-                        .and_then(|x| T::try_from(x).ok())
-                        .ok_or_else(|| {
-                            crate::Error::new(format!(
-                                "--{n} {v:?} must be a whole number (and not too large)"
-                            ))
-                        })
-                })
-                .transpose()
+        cfg.overlay(cli)?;
+        Ok(cfg)
+    }
+
+    /// Every option `other` sets replaces this one's (field by field through their serde
+    /// form, so a new option needs no code here).
+    fn overlay(&mut self, other: Config) -> Result<()> {
+        let no_console = other.no_console;
+        let file = other.file.clone().or(self.file.take());
+        let mut base = serde_json::to_value(&*self).expect("plain struct");
+        let top = serde_json::to_value(&other).expect("plain struct");
+        if let (Some(b), serde_json::Value::Object(t)) = (base.as_object_mut(), top) {
+            b.extend(t.into_iter().filter(|(_, v)| !v.is_null()));
         }
-        if let Some(v) = a.get("bundle") {
-            self.bundle = Some(v.into());
-        }
-        if let Some(v) = a.get("source") {
-            self.source = Some(v.into());
-        }
-        if let Some(v) = a.get("index") {
-            self.index = Some(v.into());
-        }
-        if let Some(v) = a.get("socket") {
-            self.socket = Some(v.into());
-        }
-        if let Some(v) = a.get("serial") {
-            self.serial = Some(v.into());
-        }
-        if let Some(v) = whole::<u32>(a, "baud")? {
-            self.baud = Some(v);
-        }
-        if let Some(v) = whole::<u64>(a, "capacity")? {
-            self.capacity = Some(v);
-        }
-        if let Some(v) = num("fps")? {
-            self.fps = Some(v);
-        }
-        if let Some(v) = whole::<u32>(a, "width")? {
-            self.width = Some(v);
-        }
-        if let Some(v) = whole::<u32>(a, "height")? {
-            self.height = Some(v);
-        }
-        if a.flag("loop") {
-            self.looping = Some(true);
-        }
-        if let Some(v) = num("gate-pixels")? {
-            self.gate_pixels = Some(v as f32);
-        }
-        if let Some(v) = num("gate-embedding")? {
-            self.gate_embedding = Some(v as f32);
-        }
-        if let Some(v) = whole::<u64>(a, "watch-cooldown-s")? {
-            self.watch_cooldown_s = Some(v);
-        }
-        if let Some(v) = whole::<usize>(a, "workers")? {
-            if !(1..=super::ingest::MAX_WORKERS).contains(&v) {
-                crate::bail!(
-                    "--workers {v}: must be 1 to {} (encode threads)",
-                    super::ingest::MAX_WORKERS
-                );
-            }
-            self.workers = Some(v);
-        }
-        if let Some(v) = a.get("mqtt") {
-            self.mqtt = Some(v.into());
-        }
-        if let Some(v) = a.get("mqtt-topic") {
-            self.mqtt_topic = Some(v.into());
-        }
-        if a.flag("console") {
-            self.console = Some(true);
-        }
-        if a.flag("no-console") {
+        *self =
+            serde_json::from_value(base).map_err(|e| crate::Error::new(format!("options: {e}")))?;
+        if no_console {
             self.console = Some(false);
         }
+        self.file = file;
         Ok(())
     }
 
@@ -198,15 +154,21 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
 
-    fn apply(v: &[&str]) -> Result<Config> {
-        let a = Args::parse(v.iter().map(|s| s.to_string()), &["loop"])?;
-        let mut c = Config::default();
-        c.apply_args(&a)?;
-        Ok(c)
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        cfg: Config,
     }
 
-    /// Counts are whole numbers: `--capacity 2.5` was cut to 2 without a word.
+    fn apply(v: &[&str]) -> std::result::Result<Config, String> {
+        let cli = Cli::try_parse_from(std::iter::once("moonlensd").chain(v.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        Config::resolve(cli.cfg).map_err(|e| e.to_string())
+    }
+
+    /// Counts are whole numbers: `--capacity 2.5` was once cut to 2 without a word.
     #[test]
     fn counts_must_be_whole_numbers() {
         assert_eq!(apply(&["--capacity", "300"]).unwrap().capacity, Some(300));
@@ -215,14 +177,55 @@ mod tests {
             &["--width", "-1"],
             &["--baud", "99999999999"],
             &["--watch-cooldown-s", "1e3"],
+            &["--workers", "9"],
+            &["--workers", "0"],
         ] {
-            let e = apply(bad).unwrap_err().to_string();
+            // the error names the value (and the option, unless the value reads as one: -1)
+            let e = apply(bad).unwrap_err();
+            assert!(e.contains(bad[1]), "{bad:?}: {e}");
             assert!(
-                e.contains(bad[0]) && e.contains("whole number"),
+                bad[1].starts_with('-') || e.contains(bad[0]),
                 "{bad:?}: {e}"
             );
         }
         assert_eq!(apply(&["--fps", "2.5"]).unwrap().fps, Some(2.5));
         assert!(apply(&["--fps", "NaN"]).is_err());
+        assert!(apply(&["--fps", "0"]).is_err());
+    }
+
+    /// A typo is refused with a suggestion; switches take no value or an explicit one.
+    #[test]
+    fn switches_and_typos() {
+        let e = apply(&["--capcity", "3"]).unwrap_err();
+        assert!(e.contains("--capcity") && e.contains("--capacity"), "{e}");
+        assert_eq!(apply(&["--loop"]).unwrap().looping, Some(true));
+        assert_eq!(apply(&["--no-console"]).unwrap().console, Some(false));
+        assert_eq!(apply(&["--console"]).unwrap().console, Some(true));
+        assert!(apply(&["--console", "--no-console"]).is_err());
+        assert_eq!(apply(&[]).unwrap().console, None);
+    }
+
+    /// The file sets what the command line does not; the command line wins; a key the
+    /// struct does not have is refused by name.
+    #[test]
+    fn the_command_line_wins_over_the_file() {
+        let dir = std::env::temp_dir().join(format!("moonlens-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("d.toml");
+        std::fs::write(
+            &f,
+            "capacity = 50\nfps = 4.0\nloop = true\nmqtt_topic = \"house\"\n",
+        )
+        .unwrap();
+        let c = apply(&["--config", f.to_str().unwrap(), "--fps", "9"]).unwrap();
+        assert_eq!(
+            (c.capacity, c.fps, c.looping, c.mqtt_topic.as_deref()),
+            (Some(50), Some(9.0), Some(true), Some("house"))
+        );
+        assert_eq!(c.file.as_deref(), Some(f.as_path()));
+        std::fs::write(&f, "capacty = 50\n").unwrap();
+        let e = apply(&["--config", f.to_str().unwrap()]).unwrap_err();
+        assert!(e.contains("capacty"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

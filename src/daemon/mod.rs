@@ -6,6 +6,7 @@
 //! socket removed, exit 0); SIGKILL or power loss at any moment leaves an index that the
 //! next start recovers (`src/index/FORMAT.md`), and a stale socket file is replaced on start.
 
+pub mod cli;
 pub mod clients;
 pub mod config;
 pub mod ingest;
@@ -527,7 +528,12 @@ pub fn start(cfg: &config::Config) -> crate::Result<(Arc<Shared>, std::thread::J
     }
     log::info!("source {spec}; socket {}", cfg.socket().display());
     signals::stop_on_signal(shared.clone(), cfg.socket(), cfg.file.clone());
-    ingest::start(shared.clone(), source, gates, ingest::workers(cfg.workers));
+    ingest::start(
+        shared.clone(),
+        source,
+        gates,
+        ingest::workers(cfg.workers.map(usize::from)),
+    );
     // the two-stage search's codes, off the answer path: a large ring answers exactly at
     // once and in two stages seconds later
     let s = shared.clone();
