@@ -123,16 +123,16 @@ pub fn image_model(bundle: &Bundle, outputs: &[&str]) -> Result<TypedModel> {
         .map_err(|e| tower_error(&image_path, e))
 }
 
-/// `model` optimized for `batch` images per run.
-pub fn image_plan(model: &TypedModel, batch: usize) -> Result<Plan> {
+/// `model` optimized for one image per run (the only plan: see the module doc).
+pub fn image_plan(model: &TypedModel) -> Result<Plan> {
     let sym = model.symbols.sym("N");
     let concrete = model
-        .set_symbols(&[(sym, TDim::Val(batch as i64))].into_iter().collect())
-        .map_err(|e| Error::new(format!("image tower at batch {batch}: {e:#}")))?;
+        .set_symbols(&[(sym, TDim::Val(1))].into_iter().collect())
+        .map_err(|e| Error::new(format!("image tower: {e:#}")))?;
     concrete
         .into_optimized()
         .and_then(|m| m.into_runnable())
-        .map_err(|e| Error::new(format!("image tower at batch {batch}: {e:#}")))
+        .map_err(|e| Error::new(format!("image tower: {e:#}")))
 }
 
 impl Encoder {
@@ -191,7 +191,7 @@ impl Encoder {
                     base: width(m.image.base_output.as_deref())?,
                     backbone_id: bundle.backbone_id(),
                 };
-                let plan = image_plan(&model, 1)?;
+                let plan = image_plan(&model)?;
                 Ok::<_, Error>((plan, layout, t.elapsed()))
             });
             let text = s.spawn(|| {

@@ -176,7 +176,7 @@ fn compute(
     };
     // the training-free embeddings under any heads the bundle already has
     let model = encoder::image_model(bundle, &[m.image.base(), feat_name])?;
-    let plan = encoder::image_plan(&model, 1)?;
+    let plan = encoder::image_plan(&model)?;
     let enc = Encoder::load_outputs(bundle, Outputs::Base)?;
     let n = images.len();
     let threads = std::thread::available_parallelism()

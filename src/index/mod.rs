@@ -616,9 +616,7 @@ impl Index {
             let off = HEADER_SIZE + i as usize * ss;
             match r.tally(i, &maps.index[off..off + ss], h, None) {
                 Seen::Empty => {}
-                Seen::Valid(seq) => {
-                    maps.head = maps.head.max(seq);
-                }
+                Seen::Valid(seq) => maps.head = maps.head.max(seq),
                 Seen::Corrupt(damage) => {
                     if bad.len() < 5 {
                         log::warn!("{}: slot {i}: {damage}", dir.display());
