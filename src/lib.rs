@@ -67,7 +67,6 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod bundle;
-pub mod cli;
 pub mod daemon;
 pub mod encoder;
 pub mod error;

@@ -127,6 +127,76 @@ fn train_export_load_search() {
     assert!(labels.contains(&"rabbit.png"), "{answer}");
 }
 
+/// The command line as a user types it: options reach the trainer (`--dim`, `--epochs`,
+/// several comma-separated pairs files), the run prints its JSON line, and a typo or a mix of
+/// the two forms of `train` exits 2 naming the option before any work is done.
+#[test]
+fn train_runs_from_the_command_line() {
+    let d = tempdir("train-cli");
+    let (tr, va) = (pairs_slice("train", 40, &d), pairs_slice("val", 12, &d));
+    std::fs::copy(&tr, d.join("more.jsonl")).unwrap();
+    let host = || std::process::Command::new(env!("CARGO_BIN_EXE_moonlens-host"));
+    let out = d.join("heads");
+    let pairs = format!("{},{}", tr.display(), d.join("more.jsonl").display());
+    let run = host()
+        .arg("train")
+        .args(["--pairs", &pairs, "--val"])
+        .arg(&va)
+        .arg("--out")
+        .arg(&out)
+        .args(["--dim", "32", "--epochs", "2", "--batch", "16", "--bundle"])
+        .arg(root().join("models/default"))
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let last: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&run.stdout).lines().last().unwrap()).unwrap();
+    assert!(last["epochs"].as_u64().unwrap() <= 2, "{last}");
+    let heads = store::load(&out).unwrap();
+    assert_eq!(
+        (heads.info.config.dim, heads.info.config.max_epochs),
+        (32, 2)
+    );
+    assert_eq!(heads.info.train_pairs, 80, "both files of --pairs are read");
+    for (args, named) in [
+        (
+            &[
+                "train", "--pairs", "a", "--val", "b", "--out", "c", "--epoch", "2",
+            ][..],
+            "--epochs",
+        ),
+        (
+            &[
+                "train",
+                "--pairs",
+                "a",
+                "--val",
+                "b",
+                "--out",
+                "c",
+                "--from-index",
+                "i",
+                "--dim",
+                "8",
+            ],
+            "--dim",
+        ),
+    ] {
+        let r = host().args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(2), "{err}");
+        assert!(err.contains(named), "{err}");
+    }
+    let help = host().args(["train", "--help"]).output().unwrap();
+    assert!(help.status.success());
+    assert!(String::from_utf8_lossy(&help.stdout).contains("[default: 3]"));
+}
+
 fn train_err(tr: &Path, va: &Path, cfg: &Config, out: &Path) -> String {
     let (tr, va) = ([tr.to_path_buf()], [va.to_path_buf()]);
     let r = command::run(

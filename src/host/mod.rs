@@ -1,6 +1,7 @@
 //! Workstation-only work (feature `host`): evaluation, training, export, benchmarks, pictures.
 
 pub mod bench;
+pub mod cli;
 pub mod completions;
 pub mod crash;
 pub mod eval;

@@ -1,0 +1,450 @@
+//! `moonlens-host`'s command line (clap derive). One definition gives the parser, every
+//! subcommand's `--help` (one line per option with its default), typo suggestions, and the
+//! shell completions and man page `moonlens-host completions` writes. The defaults of the
+//! training options are read from [`train::Config::default`], so help and behaviour agree.
+
+use crate::host::train::{self, ImageInput};
+use std::path::PathBuf;
+
+/// The workstation companion of moonlensd: trains and exports model bundles, evaluates them,
+/// draws contact sheets, benchmarks and fuzzes. Prints one JSON line on stdout per command;
+/// progress and logs go to stderr (RUST_LOG).
+#[derive(Debug, clap::Parser)]
+#[command(name = "moonlens-host", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Cmd {
+    /// Recall@1/5/10 of a bundle on a pairs file, both directions
+    Eval {
+        /// The model bundle
+        #[arg(long, value_name = "DIR")]
+        bundle: PathBuf,
+        /// Image-caption pairs, JSON lines ({"image": …, "text": …})
+        #[arg(long, value_name = "FILE.jsonl")]
+        pairs: PathBuf,
+    },
+    /// Train projection heads on image-caption pairs (or, with --from-index, a new image head
+    /// for the bundle that wrote an index, from the operator's tags)
+    Train(Train),
+    /// Distil the text head of a multilingual student from a teacher's, on parallel text
+    Distill {
+        /// The bundle whose text embeddings are the target
+        #[arg(long, value_name = "BUNDLE")]
+        teacher: PathBuf,
+        /// The bundle whose text encoder learns to hit them
+        #[arg(long, value_name = "BUNDLE")]
+        student: PathBuf,
+        #[command(flatten)]
+        training: Training,
+    },
+    /// Export trained heads as a model bundle the daemon loads
+    Export {
+        /// The heads `train` or `distill` wrote
+        #[arg(long, value_name = "DIR")]
+        heads: PathBuf,
+        /// Where to write the bundle
+        #[arg(long, value_name = "BUNDLE")]
+        out: PathBuf,
+        /// The base bundle (default: the one the heads were trained on; with --teacher the
+        /// student)
+        #[arg(long, value_name = "BUNDLE")]
+        bundle: Option<PathBuf>,
+        /// Quantize the encoders to int8
+        #[arg(long)]
+        int8: bool,
+        /// Blend the new heads with the base bundle's (0 = new heads only)
+        #[arg(
+            long,
+            value_name = "W",
+            default_value_t = 0.0,
+            conflicts_with = "teacher"
+        )]
+        mix: f64,
+        /// Distilled heads: the teacher bundle whose image side the export keeps
+        #[arg(long, value_name = "BUNDLE")]
+        teacher: Option<PathBuf>,
+    },
+    /// A PNG contact sheet of the best matches of a query among a pairs file's images
+    Sheet {
+        /// The model bundle
+        #[arg(long, value_name = "DIR")]
+        bundle: PathBuf,
+        /// The images to search, as a pairs file
+        #[arg(long, value_name = "FILE.jsonl")]
+        pairs: PathBuf,
+        /// What to look for
+        #[arg(long)]
+        query: String,
+        /// Where to write the sheet
+        #[arg(long, value_name = "FILE.png")]
+        out: PathBuf,
+        /// Matches to show
+        #[arg(long, default_value_t = 12)]
+        k: usize,
+    },
+    /// Check a converted bundle's reference.json (onnxruntime's outputs) against tract
+    Parity {
+        /// The model bundle
+        #[arg(long, value_name = "DIR")]
+        bundle: PathBuf,
+    },
+    /// Measurements, each against a baseline taken in the same run
+    #[command(subcommand)]
+    Bench(Bench),
+    /// Shell completions (bash, zsh, fish) and man pages of moonlensd and moonlens-host
+    Completions {
+        /// Directory to write them into (created)
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Feed random and mutated inputs to the protocol parser or the index reader
+    Fuzz {
+        /// What to fuzz
+        #[arg(value_enum)]
+        target: FuzzTarget,
+        /// How long to run
+        #[arg(long, default_value_t = 60.0)]
+        seconds: f64,
+        /// Random seed (a run is repeatable)
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Where crashing inputs are saved
+        #[arg(long, value_name = "DIR", default_value = "target/fuzz-crashes")]
+        crashes: PathBuf,
+    },
+    /// Test tool of the crash-safety harness (tests/index.rs): appends entries whose embedding
+    /// is a function of their sequence number and prints each acknowledged seq
+    #[command(hide = true)]
+    IndexWriter {
+        #[arg(long, value_name = "DIR")]
+        index: PathBuf,
+        #[arg(long, default_value_t = 64)]
+        capacity: u64,
+        #[arg(long, default_value_t = u64::MAX)]
+        count: u64,
+    },
+}
+
+/// `train`: the options of both of its forms; the form-specific ones refuse the other form.
+#[derive(Debug, clap::Args)]
+pub struct Train {
+    #[command(flatten)]
+    pub training: Training,
+    /// The bundle whose frozen encoders the heads sit on
+    #[arg(long, value_name = "BUNDLE", default_value = "models/default")]
+    pub bundle: PathBuf,
+    /// Softmax temperature of the contrastive loss
+    #[arg(long, value_name = "T", default_value_t = train::Config::default().temperature)]
+    pub temperature: f64,
+    /// What the image head reads: the backbone's features (raw) or the bundle's own image
+    /// embedding (bridge)
+    #[arg(long, value_enum, default_value_t = ImageInputArg::Raw, conflicts_with = "from_index")]
+    pub image_input: ImageInputArg,
+    /// Projection dimension
+    #[arg(long, default_value_t = train::Config::default().dim, conflicts_with = "from_index")]
+    pub dim: usize,
+    /// Train on a daemon's index and its tags instead of images (writes a bundle to --out)
+    #[arg(long, value_name = "INDEX_DIR")]
+    pub from_index: Option<PathBuf>,
+    /// With --from-index: passes over the tagged frames per epoch
+    #[arg(long, default_value_t = 8, requires = "from_index")]
+    pub repeat: usize,
+}
+
+/// The options `train` and `distill` share.
+#[derive(Debug, clap::Args)]
+pub struct Training {
+    /// Training pairs, JSON lines; several files comma-separated
+    #[arg(
+        long,
+        value_name = "FILE.jsonl,…",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub pairs: Vec<PathBuf>,
+    /// Validation pairs (early stopping); several files comma-separated
+    #[arg(
+        long,
+        value_name = "FILE.jsonl,…",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub val: Vec<PathBuf>,
+    /// Where to write the heads, the curve and the report
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// GELU/Dense/Dropout/residual/LayerNorm blocks after the first Dense
+    #[arg(long, default_value_t = train::Config::default().blocks)]
+    pub blocks: usize,
+    /// Dropout probability
+    #[arg(long, default_value_t = train::Config::default().dropout)]
+    pub dropout: f64,
+    /// AdamW learning rate
+    #[arg(long, default_value_t = train::Config::default().lr)]
+    pub lr: f64,
+    /// AdamW weight decay
+    #[arg(long, default_value_t = train::Config::default().weight_decay)]
+    pub weight_decay: f64,
+    /// Pairs per batch
+    #[arg(long, default_value_t = train::Config::default().batch)]
+    pub batch: usize,
+    /// At most this many epochs
+    #[arg(long, default_value_t = train::Config::default().max_epochs)]
+    pub epochs: usize,
+    /// Early stopping: epochs without a better validation loss
+    #[arg(long, default_value_t = train::Config::default().patience)]
+    pub patience: usize,
+    /// Random seed (a run is repeatable)
+    #[arg(long, default_value_t = train::Config::default().seed)]
+    pub seed: u64,
+    /// Cache of the frozen encoders' outputs (reused across runs)
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+}
+
+impl Training {
+    /// The training configuration these options describe.
+    pub fn config(&self) -> train::Config {
+        train::Config {
+            blocks: self.blocks,
+            dropout: self.dropout,
+            lr: self.lr,
+            weight_decay: self.weight_decay,
+            batch: self.batch,
+            max_epochs: self.epochs,
+            patience: self.patience,
+            seed: self.seed,
+            ..train::Config::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ImageInputArg {
+    Raw,
+    Bridge,
+}
+
+impl From<ImageInputArg> for ImageInput {
+    fn from(a: ImageInputArg) -> ImageInput {
+        match a {
+            ImageInputArg::Raw => ImageInput::Raw,
+            ImageInputArg::Bridge => ImageInput::Bridge,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FuzzTarget {
+    Protocol,
+    Index,
+}
+
+impl FuzzTarget {
+    pub fn name(self) -> &'static str {
+        match self {
+            FuzzTarget::Protocol => "protocol",
+            FuzzTarget::Index => "index",
+        }
+    }
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Bench {
+    /// Encoder latency (image and text towers) and the daemon's time to a first answer
+    Encode {
+        /// The model bundle
+        #[arg(long, value_name = "DIR")]
+        bundle: PathBuf,
+        /// Runs per measurement
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// One JSON line instead of the table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Time per node of the image tower
+    Profile {
+        /// The model bundle
+        #[arg(long, value_name = "DIR")]
+        bundle: PathBuf,
+        /// Runs to average
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+    },
+    /// Frames stored a second with one encode worker and with one per core
+    Ingest {
+        /// The model bundle
+        #[arg(long, value_name = "DIR", default_value = "models/default")]
+        bundle: PathBuf,
+        /// Images to replay as frames
+        #[arg(long, value_name = "DIR", default_value = "models/samples")]
+        images: PathBuf,
+        /// Frames per measurement
+        #[arg(long, default_value_t = 88)]
+        frames: usize,
+        /// One JSON line instead of the table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-projecting an index into a retrained bundle, against re-encoding its frames
+    Reproject {
+        /// The model bundle
+        #[arg(long, value_name = "DIR", default_value = "models/default")]
+        bundle: PathBuf,
+        /// Entries in the index
+        #[arg(long, default_value_t = 10_000)]
+        entries: usize,
+        /// One JSON line instead of the table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Search latency and recall: two stages against the exact scan
+    Search {
+        /// The model bundle
+        #[arg(long, value_name = "DIR", default_value = "models/default")]
+        bundle: PathBuf,
+        /// Images whose embeddings (and noisy near-duplicates) fill the index
+        #[arg(long, value_name = "DIR", default_value = "models/samples")]
+        images: PathBuf,
+        /// Entries in the index
+        #[arg(long, default_value_t = 100_000)]
+        entries: usize,
+        /// Text queries to time
+        #[arg(long, default_value_t = 50)]
+        queries: usize,
+        /// Time the exact scan only
+        #[arg(long)]
+        exact: bool,
+        /// Candidates the first stage passes to exact rescoring
+        #[arg(long, default_value_t = crate::index::search::CANDIDATES)]
+        candidates: usize,
+        /// One JSON line instead of the table
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The command definition (for completions and the man page).
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("moonlens-host").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_definition_is_consistent() {
+        command().debug_assert();
+    }
+
+    #[test]
+    fn help_works_on_every_subcommand_and_shows_defaults() {
+        for args in [
+            &["--help"][..],
+            &["train", "--help"],
+            &["train", "--pairs", "a", "--help"],
+            &["bench", "search", "--help"],
+            &["fuzz", "--help"],
+        ] {
+            let e = parse(args).unwrap_err();
+            assert_eq!(e.kind(), clap::error::ErrorKind::DisplayHelp, "{args:?}");
+        }
+        let help = parse(&["train", "--help"]).unwrap_err().to_string();
+        for line in ["--patience", "[default: 3]", "--from-index", "raw, bridge"] {
+            assert!(help.contains(line), "{line} missing from\n{help}");
+        }
+        let top = parse(&["--help"]).unwrap_err().to_string();
+        assert!(!top.contains("index-writer"), "{top}");
+    }
+
+    #[test]
+    fn training_options_parse_and_defaults_come_from_the_config() {
+        let Cmd::Train(t) = parse(&[
+            "train",
+            "--pairs",
+            "a.jsonl,b.jsonl",
+            "--val",
+            "v.jsonl",
+            "--out",
+            "o",
+            "--lr",
+            "0.01",
+        ])
+        .unwrap()
+        .cmd
+        else {
+            panic!("not train")
+        };
+        assert_eq!(
+            t.training.pairs,
+            [PathBuf::from("a.jsonl"), "b.jsonl".into()]
+        );
+        let c = t.training.config();
+        let d = train::Config::default();
+        assert_eq!((c.lr, c.batch, c.patience), (0.01, d.batch, d.patience));
+        assert_eq!((t.dim, t.temperature), (d.dim, d.temperature));
+        assert!(t.from_index.is_none());
+    }
+
+    #[test]
+    fn bad_arguments_are_named_and_typos_get_a_suggestion() {
+        let e = parse(&[
+            "train",
+            "--pairs",
+            "a",
+            "--val",
+            "v",
+            "--out",
+            "o",
+            "--paitence",
+            "3",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--paitence") && e.contains("--patience"), "{e}");
+        let e = parse(&["bench", "search", "--entries", "2.5"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("2.5") && e.contains("--entries"), "{e}");
+        let e = parse(&["train", "--val", "v", "--out", "o"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--pairs"), "{e}");
+        // each form of train refuses the other's options
+        let site = [
+            "train",
+            "--pairs",
+            "a",
+            "--val",
+            "v",
+            "--out",
+            "o",
+            "--from-index",
+            "i",
+        ];
+        let e = parse(&[&site[..], &["--dim", "64"]].concat())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--dim") && e.contains("--from-index"), "{e}");
+        let e = parse(&[
+            "train", "--pairs", "a", "--val", "v", "--out", "o", "--repeat", "2",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--from-index"), "{e}");
+        assert!(parse(&site).is_ok());
+        let e = parse(&["fuzz", "protcol"]).unwrap_err().to_string();
+        assert!(e.contains("protocol"), "{e}");
+    }
+}
