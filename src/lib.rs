@@ -70,6 +70,8 @@ pub mod bundle;
 pub mod daemon;
 pub mod encoder;
 pub mod error;
+#[cfg(feature = "fleet")]
+pub mod fleet;
 #[cfg(feature = "host")]
 pub mod host;
 pub mod index;

@@ -123,6 +123,8 @@ fn run(cmd: Cmd) -> Result<()> {
                 moonlens::bail!("{} crash(es); inputs in {}", r.crashes, crashes.display());
             }
         }
+        #[cfg(feature = "fleet")]
+        Cmd::Fleet(f) => fleet(f)?,
         Cmd::IndexWriter {
             index,
             capacity,
@@ -212,4 +214,105 @@ fn bench(b: Bench) -> Result<()> {
             json,
         ),
     }
+}
+
+#[cfg(feature = "fleet")]
+fn fleet(f: moonlens::host::cli::Fleet) -> Result<()> {
+    use moonlens::fleet::{self, Db};
+    use moonlens::host::cli::Fleet;
+    match f {
+        Fleet::Sync {
+            index,
+            board,
+            db,
+            thumbs,
+            bundle,
+        } => {
+            fleet::sync::check_board_name(&board)?;
+            let header = moonlens::index::snapshot::header(&index)?;
+            // the bundle's name is recorded only when it is the one that wrote the index
+            let name = Bundle::open(&bundle)
+                .ok()
+                .filter(|b| b.id == header.bundle_id)
+                .map(|b| b.manifest.name.clone());
+            let mut db = Db::connect(&db)?;
+            let (mut bar, mut last) = (None, 0);
+            let r = fleet::sync::sync_dir(
+                &mut db,
+                &index,
+                &fleet::sync::Board {
+                    name: &board,
+                    bundle_name: name.as_deref(),
+                    thumbs,
+                },
+                &mut |done, total| {
+                    bar.get_or_insert_with(|| {
+                        moonlens::host::progress::Progress::new("sync", total as usize)
+                    })
+                    .inc((done - last) as usize);
+                    last = done;
+                },
+            )?;
+            println!("{}", serde_json::to_string(&r).expect("plain struct"));
+        }
+        Fleet::Search {
+            text,
+            db,
+            board,
+            since,
+            until,
+            k,
+            bundle,
+            exact,
+            json,
+        } => {
+            let now = moonlens::source::now_ms();
+            let when = |name: &str, v: &Option<String>| -> Result<Option<i64>> {
+                v.as_deref()
+                    .map(|v| {
+                        moonlens::protocol::parse::when_rule(name, v)
+                            .map(|w| w.to_ms(now))
+                            .map_err(|e| moonlens::Error::new(format!("--{e}")))
+                    })
+                    .transpose()
+            };
+            let text = text.join(" ");
+            let q = fleet::search::Query {
+                text: &text,
+                board: board.as_deref(),
+                since_ms: when("since", &since)?,
+                until_ms: when("until", &until)?,
+                k,
+                exact,
+            };
+            let mut db = Db::connect(&db)?;
+            let a = fleet::search::search(&mut db, &encoder(&bundle)?, &q)?;
+            for other in &a.not_searched {
+                log::warn!("not searched: {other} (another bundle; search them with --bundle of that bundle)");
+            }
+            if json {
+                println!("{}", serde_json::to_string(&a).expect("plain struct"));
+            } else {
+                for h in &a.hits {
+                    println!(
+                        "{:.4}  {}  #{}  {}  {}  {}",
+                        h.score,
+                        h.board,
+                        h.id,
+                        moonlens::protocol::emit::rfc3339(h.ts),
+                        h.source,
+                        h.label
+                    );
+                }
+                eprintln!(
+                    "{} hits of {} in {:.1} ms ({})",
+                    a.hits.len(),
+                    a.bundle,
+                    a.ms,
+                    if a.exact { "exact" } else { "HNSW" }
+                );
+            }
+        }
+    }
+    Ok(())
 }

@@ -116,6 +116,11 @@ pub enum Cmd {
         #[arg(long, value_name = "DIR", default_value = "target/fuzz-crashes")]
         crashes: PathBuf,
     },
+    /// Fleet search on PostgreSQL + pgvector: ship boards' entries there, search them all
+    /// (docs/fleet.md)
+    #[cfg(feature = "fleet")]
+    #[command(subcommand)]
+    Fleet(Fleet),
     /// Test tool of the crash-safety harness (tests/index.rs): appends entries whose embedding
     /// is a function of their sequence number and prints each acknowledged seq
     #[command(hide = true)]
@@ -323,6 +328,72 @@ pub enum Bench {
         /// Candidates the first stage passes to exact rescoring
         #[arg(long, default_value_t = crate::index::search::CANDIDATES)]
         candidates: usize,
+        /// One JSON line instead of the table
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[cfg(feature = "fleet")]
+#[derive(Debug, clap::Subcommand)]
+pub enum Fleet {
+    /// Send the entries of a board's index the database does not have yet: incremental,
+    /// resumable after a kill, idempotent; entries that left the ring stay in the database
+    Sync {
+        /// The board's index directory (read only; the daemon may be running)
+        #[arg(long, value_name = "DIR")]
+        index: PathBuf,
+        /// The board's name in the database (letters, digits, '-', '_', '.')
+        #[arg(long, value_name = "NAME")]
+        board: String,
+        /// postgresql://USER:PASSWORD@HOST:PORT/DB (or the environment, keeping the password
+        /// out of the process list)
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "MOONLENS_FLEET_DB",
+            hide_env_values = true
+        )]
+        db: String,
+        /// Send the thumbnails too
+        #[arg(long)]
+        thumbs: bool,
+        /// The bundle that wrote the index, to record its name (only if the ids match)
+        #[arg(long, value_name = "DIR", default_value = "models/default")]
+        bundle: PathBuf,
+    },
+    /// Search the entries of every board in the database
+    Search {
+        /// What to look for, e.g. a red van
+        #[arg(required = true, num_args = 1..)]
+        text: Vec<String>,
+        /// postgresql://USER:PASSWORD@HOST:PORT/DB
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "MOONLENS_FLEET_DB",
+            hide_env_values = true
+        )]
+        db: String,
+        /// Only this board's entries
+        #[arg(long, value_name = "NAME")]
+        board: Option<String>,
+        /// Only entries from then on: a span back from now (90s, 10m, 2h, 7d) or an RFC 3339
+        /// time
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        /// Only entries before then (same forms as --since)
+        #[arg(long, value_name = "WHEN")]
+        until: Option<String>,
+        /// Hits to return (1-1000)
+        #[arg(long, default_value_t = 10)]
+        k: usize,
+        /// The bundle that encodes the query: it must be the one the rows carry
+        #[arg(long, value_name = "DIR", default_value = "models/default")]
+        bundle: PathBuf,
+        /// Rank every row exactly instead of walking the HNSW index
+        #[arg(long)]
+        exact: bool,
         /// One JSON line instead of the table
         #[arg(long)]
         json: bool,

@@ -14,6 +14,7 @@ pub mod features;
 pub mod quarantine;
 pub mod search;
 pub mod slot;
+pub mod snapshot;
 pub mod tags;
 
 use crate::error::{Context, Result};

@@ -39,7 +39,7 @@ pub(super) fn score4<S: serde::Serializer>(score: &f32, s: S) -> Result<S::Ok, S
     s.serialize_f64((*score as f64 * 1e4).round() / 1e4)
 }
 
-pub(super) fn ts_rfc3339<S: serde::Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
+pub fn ts_rfc3339<S: serde::Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&rfc3339(*ms))
 }
 
