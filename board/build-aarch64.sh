@@ -3,7 +3,8 @@
 # Uses Debian's Rust (rustc-web) and its arm64 standard library, because rustup cannot fetch
 # targets here; only the daemon and its dependencies are compiled (--no-default-features
 # leaves the host-only feature out). MOONLENS_FEATURES=mqtt builds the MQTT publisher in
-# (`--mqtt`, board/README.md). Output: target/aarch64-unknown-linux-gnu/release/moonlensd
+# (`--mqtt`), MOONLENS_FEATURES=fleet the fleet database push (`--fleet-db`); both:
+# MOONLENS_FEATURES=mqtt,fleet (board/README.md). Output: target/aarch64-unknown-linux-gnu/release/moonlensd
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 need=(rustc-web cargo-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu libc6-dev-arm64-cross

@@ -43,8 +43,20 @@ fn as_server_user(bin: &Path) -> Command {
     }
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 impl Postgres {
     fn start(name: &str) -> Postgres {
+        Postgres::start_on(name, free_port())
+    }
+
+    fn start_on(name: &str, port: u16) -> Postgres {
         let bin = root().join("target/pgserver/pgserver/pginstall/bin");
         assert!(
             bin.join("postgres").exists(),
@@ -72,11 +84,6 @@ impl Postgres {
             "initdb: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let child = as_server_user(&bin.join("postgres"))
             .arg("-D")
             .arg(dir.join("data"))
@@ -183,6 +190,7 @@ fn plain_sync(db: &mut Db, dir: &Path, board: &str, thumbs: bool) -> sync::Repor
             name: board,
             bundle_name: Some("default"),
             thumbs,
+            ann_index: Some(Default::default()),
         },
         &mut |_, _| {},
     )
@@ -475,5 +483,78 @@ fn bad_input_gets_clear_errors_and_the_board_loses_nothing() {
             .starts_with("rabbit"),
         "{a}"
     );
-    assert_eq!(a["not_searched"][0]["rows"], 1, "{a}");
+    assert!(
+        a["not_searched"][0]["bundle_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("0505"),
+        "{a}"
+    );
+}
+
+/// The board pushes on its own (`moonlensd --fleet-db`). A database that is not there yet
+/// is counted in status while ingest and queries go on; once it answers, every frame the ring
+/// holds reaches it and is found there; when it goes away again the daemon keeps serving.
+#[test]
+fn the_daemon_pushes_its_entries_and_survives_the_database_going_away() {
+    let port = free_port();
+    let url = format!("postgresql://moonlens:{PASSWORD}@127.0.0.1:{port}/postgres");
+    // start() returns once the replay is stored: the database's absence held nothing up
+    let d = start(
+        "fleet-daemon",
+        &[
+            "--fleet-db",
+            &url,
+            "--fleet-board",
+            "porch",
+            "--fleet-every-s",
+            "1",
+        ],
+    );
+    let status = || ask_json(&d.socket, &serde_json::json!({"id": 1, "cmd": "status"})).unwrap();
+    let t0 = Instant::now();
+    while status()["fleet_failures"].as_u64().unwrap() == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "{}", status());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(status()["fleet_sent"], 0);
+    let pg = Postgres::start_on("fleet-pg-d", port);
+    let t0 = Instant::now();
+    while status()["fleet_sent"] != 22 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "{}", status());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut db = Db::connect(&url).unwrap();
+    assert_eq!(count(&mut db, "porch"), 22);
+    let a = search::search(
+        &mut db,
+        encoder(),
+        &search::Query {
+            text: "a rabbit",
+            k: 3,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(a.hits[0].label, "rabbit.png", "{:?}", a.hits);
+    assert_eq!(
+        a.bundle.name.as_deref(),
+        Some(encoder().bundle().manifest.name.as_str())
+    );
+    drop(db);
+    let failed = status()["fleet_failures"].as_u64().unwrap();
+    drop(pg);
+    // gone again: the daemon answers, and counts the failed rounds
+    let t0 = Instant::now();
+    while status()["fleet_failures"].as_u64().unwrap() == failed {
+        assert!(t0.elapsed() < Duration::from_secs(30), "{}", status());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let r = ask_json(
+        &d.socket,
+        &serde_json::json!({"id": 2, "cmd": "search", "text": "a banana", "k": 1}),
+    )
+    .unwrap();
+    assert_eq!(hit_labels(&r), ["banana.png"], "{r}");
+    assert_eq!(status()["fleet_sent"], 22);
 }

@@ -196,6 +196,31 @@ fn bench(b: Bench) -> Result<()> {
             entries,
             json,
         } => bench::reproject(&encoder(&bundle)?, entries, json),
+        #[cfg(feature = "fleet")]
+        Bench::Fleet {
+            db,
+            bundle,
+            images,
+            entries,
+            queries,
+            no_hnsw,
+            m,
+            ef_construction,
+            keep,
+            json,
+        } => moonlens::host::fleet_bench::run(
+            &encoder(&bundle)?,
+            &moonlens::host::fleet_bench::Options {
+                url: &db,
+                images: &images,
+                entries,
+                queries,
+                hnsw: !no_hnsw,
+                graph: moonlens::fleet::sync::Hnsw { m, ef_construction },
+                json,
+                keep,
+            },
+        ),
         Bench::Search {
             bundle,
             images,
@@ -244,6 +269,7 @@ fn fleet(f: moonlens::host::cli::Fleet) -> Result<()> {
                     name: &board,
                     bundle_name: name.as_deref(),
                     thumbs,
+                    ann_index: Some(Default::default()),
                 },
                 &mut |done, total| {
                     bar.get_or_insert_with(|| {
@@ -264,6 +290,7 @@ fn fleet(f: moonlens::host::cli::Fleet) -> Result<()> {
             k,
             bundle,
             exact,
+            ef,
             json,
         } => {
             let now = moonlens::source::now_ms();
@@ -284,6 +311,7 @@ fn fleet(f: moonlens::host::cli::Fleet) -> Result<()> {
                 until_ms: when("until", &until)?,
                 k,
                 exact,
+                ef,
             };
             let mut db = Db::connect(&db)?;
             let a = fleet::search::search(&mut db, &encoder(&bundle)?, &q)?;

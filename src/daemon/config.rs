@@ -64,6 +64,19 @@ pub struct Config {
     /// Topic prefix for MQTT (`<prefix>/match`, `<prefix>/status`) [default: moonlens]
     #[arg(long, value_name = "TOPIC")]
     pub mqtt_topic: Option<String>,
+    /// Push every entry to this fleet database too (postgresql://USER:PASSWORD@HOST:PORT/DB,
+    /// PostgreSQL with pgvector; docs/fleet.md)
+    #[arg(long, value_name = "URL")]
+    pub fleet_db: Option<String>,
+    /// This board's name in the fleet database [default: the host name]
+    #[arg(long, value_name = "NAME")]
+    pub fleet_board: Option<String>,
+    /// Seconds between pushes to the fleet database [default: 10]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub fleet_every_s: Option<u64>,
+    /// Push the thumbnails too [default: false]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub fleet_thumbs: Option<bool>,
     /// Serve the protocol on stdin/stdout [default: when stdin is a terminal]
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub console: Option<bool>,

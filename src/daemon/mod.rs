@@ -9,6 +9,8 @@
 pub mod cli;
 pub mod clients;
 pub mod config;
+#[cfg(feature = "fleet")]
+pub mod fleet;
 pub mod ingest;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
@@ -50,6 +52,10 @@ pub struct Counters {
     pub pushes_lost: AtomicU64,
     /// MQTT messages dropped because the broker's queue was full (broker away or slow)
     pub mqtt_dropped: AtomicU64,
+    /// entries the board pushed to the fleet database (`--fleet-db`)
+    pub fleet_sent: AtomicU64,
+    /// push rounds that failed (database away, refused, wrong password)
+    pub fleet_failures: AtomicU64,
 }
 
 /// A counting semaphore for the query slots. The slot comes back when the work ends however
@@ -261,6 +267,8 @@ impl Shared {
             store_errors: self.counters.store_errors.load(Relaxed),
             pushes_lost: self.counters.pushes_lost.load(Relaxed),
             mqtt_dropped: self.counters.mqtt_dropped.load(Relaxed),
+            fleet_sent: self.counters.fleet_sent.load(Relaxed),
+            fleet_failures: self.counters.fleet_failures.load(Relaxed),
             source_done: self.source_done.load(Relaxed),
             model: self.model().bundle().manifest.name.clone(),
             uptime_s: self.started.elapsed().as_secs(),
@@ -463,6 +471,30 @@ pub fn start(cfg: &config::Config) -> crate::Result<(Arc<Shared>, std::thread::J
              board/README.md says how to build it in)"
         );
     }
+    #[cfg(feature = "fleet")]
+    let fleet_settings = match &cfg.fleet_db {
+        Some(url) => {
+            let s = fleet::Settings {
+                url: url.clone(),
+                board: match &cfg.fleet_board {
+                    Some(b) => b.clone(),
+                    None => fleet::host_name(),
+                },
+                every: std::time::Duration::from_secs(cfg.fleet_every_s.unwrap_or(10)),
+                thumbs: cfg.fleet_thumbs.unwrap_or(false),
+            };
+            s.check()?;
+            Some(s)
+        }
+        None => None,
+    };
+    #[cfg(not(feature = "fleet"))]
+    if cfg.fleet_db.is_some() {
+        crate::bail!(
+            "--fleet-db: this moonlensd was built without the fleet push (cargo feature `fleet`; \
+             board/README.md says how to build it in)"
+        );
+    }
     // before any thread starts, so that only the signal thread ever takes them
     signals::block();
     // The socket first: a second daemon started by mistake stops here, before it touches the
@@ -525,6 +557,15 @@ pub fn start(cfg: &config::Config) -> crate::Result<(Arc<Shared>, std::thread::J
             target.port,
             target.topic
         );
+    }
+    #[cfg(feature = "fleet")]
+    if let Some(s) = fleet_settings {
+        log::info!(
+            "fleet: pushing entries as board {} every {} s",
+            s.board,
+            s.every.as_secs()
+        );
+        fleet::start(&shared, s)?;
     }
     log::info!("source {spec}; socket {}", cfg.socket().display());
     signals::stop_on_signal(shared.clone(), cfg.socket(), cfg.file.clone());

@@ -42,7 +42,7 @@ CREATE TABLE IF NOT EXISTS moonlens_entries (
   thumb bytea,
   PRIMARY KEY (board, ring, bundle_id, seq)
 );
-CREATE INDEX IF NOT EXISTS moonlens_entries_ts ON moonlens_entries (ts_ms);
+CREATE INDEX IF NOT EXISTS moonlens_entries_bundle_ts ON moonlens_entries (bundle_id, ts_ms);
 ";
 
 /// A connection to the fleet database.
@@ -55,16 +55,15 @@ pub struct Db {
 impl Db {
     /// Connects and makes sure the schema is there (creating it on first use).
     pub fn connect(url: &str) -> Result<Db> {
-        let cfg: postgres::Config = url.parse().map_err(|e| {
-            Error::new(format!(
-                "--db {:?} is not a PostgreSQL URL ({e}); use postgresql://USER:PASSWORD@HOST:PORT/DB",
-                redact(url)
-            ))
-        })?;
-        let place = describe(&cfg);
+        Db::connect_config(&config(url)?)
+    }
+
+    /// [`Db::connect`] with the URL already parsed (and perhaps changed: another database).
+    pub fn connect_config(cfg: &postgres::Config) -> Result<Db> {
+        let place = describe(cfg);
         let client = cfg
             .connect(NoTls)
-            .map_err(|e| connect_error(&e, &place, &cfg))?;
+            .map_err(|e| connect_error(&e, &place, cfg))?;
         let mut db = Db { client, place };
         db.ensure_schema()?;
         Ok(db)
@@ -89,16 +88,18 @@ impl Db {
                     self.place
                 )));
             }
+        } else {
+            self.client.batch_execute(CREATE).map_err(|e| {
+                let hint = if e.to_string().contains("vector") {
+                    " (the pgvector extension must be installed on the server, and created \
+                     once by a superuser: CREATE EXTENSION vector)"
+                } else {
+                    ""
+                };
+                self.error(&format!("creating the fleet tables{hint}"), &e)
+            })?;
         }
-        self.client.batch_execute(CREATE).map_err(|e| {
-            let hint = if e.to_string().contains("vector") {
-                " (the pgvector extension must be installed on the server, and created once \
-                 by a superuser: CREATE EXTENSION vector)"
-            } else {
-                ""
-            };
-            self.error(&format!("creating the fleet tables{hint}"), &e)
-        })
+        Ok(())
     }
 
     /// An error of `what` against this database, naming it.
@@ -116,19 +117,34 @@ impl Db {
 pub struct BundleRows {
     pub bundle_id: String,
     pub name: Option<String>,
-    pub rows: i64,
+    /// Counted only for messages (a count reads every row).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows: Option<i64>,
 }
 
 impl std::fmt::Display for BundleRows {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} {} ({} rows)",
+            "{} {}",
             self.name.as_deref().unwrap_or("(unnamed)"),
             &self.bundle_id[..16.min(self.bundle_id.len())],
-            self.rows
-        )
+        )?;
+        match self.rows {
+            Some(n) => write!(f, " ({n} rows)"),
+            None => Ok(()),
+        }
     }
+}
+
+/// The parsed `--db` URL.
+pub fn config(url: &str) -> Result<postgres::Config> {
+    url.parse().map_err(|e| {
+        Error::new(format!(
+            "--db {:?} is not a PostgreSQL URL ({e}); use postgresql://USER:PASSWORD@HOST:PORT/DB",
+            redact(url)
+        ))
+    })
 }
 
 fn describe(cfg: &postgres::Config) -> String {
@@ -181,9 +197,12 @@ fn connect_error(e: &postgres::Error, place: &str, cfg: &postgres::Config) -> Er
         };
         return Error::new(format!("{place}: {what}"));
     }
+    let cause = std::error::Error::source(e)
+        .map(|c| format!(": {c}"))
+        .unwrap_or_default();
     Error::new(format!(
-        "cannot reach the fleet database at {place}: {e} (is PostgreSQL running there, and \
-         does --db name the right host and port?)"
+        "cannot reach the fleet database at {place}: {e}{cause} (is PostgreSQL running there, \
+         and are the URL's host and port right?)"
     ))
 }
 

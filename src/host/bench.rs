@@ -7,9 +7,25 @@ use crate::index::{quantize, slot, Entry, Header, THUMB_SLOT};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
+
+/// Text queries of the search benchmarks (what the samples show).
+pub(crate) const PHRASES: [&str; 12] = [
+    "a rabbit",
+    "a banana",
+    "a bee on a flower",
+    "a duck",
+    "an elephant",
+    "a giraffe",
+    "a slice of pizza",
+    "a red strawberry",
+    "a hedgehog",
+    "a pink flamingo",
+    "a pear",
+    "an animal in the grass",
+];
 
 /// The memory-bandwidth baseline: every byte read once, summed as u64 words in four
 /// independent lanes (vectorized), the least work a scan of the same bytes can do.
@@ -29,7 +45,7 @@ fn sum_bytes(b: &[u8]) -> u64 {
 /// Real embeddings for the search benchmark: the images of `dir` and five camera-like views
 /// of each (a crop of 70-95% at a corner or the centre, mirrored, lighter or darker), through
 /// the bundle's image tower.
-fn real_embeddings(enc: &Encoder, dir: &std::path::Path) -> Result<Vec<Vec<f32>>> {
+pub(crate) fn real_embeddings(enc: &Encoder, dir: &std::path::Path) -> Result<Vec<Vec<f32>>> {
     use crate::error::Context;
     let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
         .context(format_args!(
@@ -123,20 +139,6 @@ pub fn search(
     let t = Instant::now();
     let codes = Codes::build(&slots, &header);
     let codes_ms = t.elapsed().as_secs_f64() * 1e3;
-    const PHRASES: [&str; 12] = [
-        "a rabbit",
-        "a banana",
-        "a bee on a flower",
-        "a duck",
-        "an elephant",
-        "a giraffe",
-        "a slice of pizza",
-        "a red strawberry",
-        "a hedgehog",
-        "a pink flamingo",
-        "a pear",
-        "an animal in the grass",
-    ];
     let qs: Vec<Vec<f32>> = (0..queries.max(3))
         .map(|i| enc.embed_text(PHRASES[i % PHRASES.len()]))
         .collect::<Result<_>>()?;

@@ -308,6 +308,46 @@ pub enum Bench {
         #[arg(long)]
         json: bool,
     },
+    /// The fleet database against the board: sync entries/s, search latency (HNSW, exact)
+    /// beside the board's exact scan, recall@10 (in a database of its own, dropped after)
+    #[cfg(feature = "fleet")]
+    Fleet {
+        /// postgresql://USER:PASSWORD@HOST:PORT/DB (the user may create databases)
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "MOONLENS_FLEET_DB",
+            hide_env_values = true
+        )]
+        db: String,
+        /// The model bundle
+        #[arg(long, value_name = "DIR", default_value = "models/default")]
+        bundle: PathBuf,
+        /// Images whose embeddings (and noisy near-duplicates) fill the index
+        #[arg(long, value_name = "DIR", default_value = "models/samples")]
+        images: PathBuf,
+        /// Entries in the board's index and the database
+        #[arg(long, default_value_t = 100_000)]
+        entries: u64,
+        /// Text queries to time
+        #[arg(long, default_value_t = 30)]
+        queries: usize,
+        /// Skip the HNSW index (its build takes hours at millions of rows on two cores)
+        #[arg(long)]
+        no_hnsw: bool,
+        /// HNSW links per node (pgvector's m)
+        #[arg(long, default_value_t = crate::fleet::sync::Hnsw::default().m)]
+        m: u32,
+        /// HNSW build search width (pgvector's ef_construction)
+        #[arg(long, default_value_t = crate::fleet::sync::Hnsw::default().ef_construction)]
+        ef_construction: u32,
+        /// Keep the benchmark's database for inspection instead of dropping it
+        #[arg(long)]
+        keep: bool,
+        /// One JSON line instead of the summary
+        #[arg(long)]
+        json: bool,
+    },
     /// Search latency and recall: two stages against the exact scan
     Search {
         /// The model bundle
@@ -394,6 +434,10 @@ pub enum Fleet {
         /// Rank every row exactly instead of walking the HNSW index
         #[arg(long)]
         exact: bool,
+        /// Candidates the HNSW walk keeps (hnsw.ef_search, up to 1000): higher finds more of
+        /// the exact top k, slower [default: 2k, at least 40; 400 with filters]
+        #[arg(long, value_name = "N", conflicts_with = "exact")]
+        ef: Option<usize>,
         /// One JSON line instead of the table
         #[arg(long)]
         json: bool,

@@ -7,6 +7,8 @@ pub mod crash;
 pub mod eval;
 pub mod export;
 pub mod features;
+#[cfg(feature = "fleet")]
+pub mod fleet_bench;
 pub mod font;
 pub mod fuzz;
 pub mod pairs;

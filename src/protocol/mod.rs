@@ -197,6 +197,8 @@ pub struct StatusView {
     pub store_errors: u64,
     pub pushes_lost: u64,
     pub mqtt_dropped: u64,
+    pub fleet_sent: u64,
+    pub fleet_failures: u64,
     pub source_done: bool,
     pub model: String,
     pub uptime_s: u64,
