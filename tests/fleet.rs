@@ -6,6 +6,7 @@
 
 mod common;
 use common::*;
+use moonlens::fleet::ann::{self, Ann, Policy};
 use moonlens::fleet::{search, sync, Db};
 use moonlens::index::search::Filter;
 use moonlens::index::Index;
@@ -190,7 +191,7 @@ fn plain_sync(db: &mut Db, dir: &Path, board: &str, thumbs: bool) -> sync::Repor
             name: board,
             bundle_name: Some("default"),
             thumbs,
-            ann_index: Some(Default::default()),
+            ann_index: Policy::Keep,
         },
         &mut |_, _| {},
     )
@@ -227,35 +228,60 @@ fn sync_then_search_equals_the_boards_own_search() {
         .unwrap()
         .get(0);
     assert_eq!(thumbs, n as i64);
-    // the bundle's HNSW index exists and a search uses it
-    let bundle_id = sync::hex(&encoder().bundle().id);
-    let plan = search::explain(&mut db, &bundle_id, encoder().dim(), 10, true).unwrap();
-    assert!(plan.contains("moonlens_hnsw_"), "{plan}");
-
+    // the bundle's index: IVFFlat first (the default), then HNSW when asked; each usable
+    // by a search, the old one dropped, and both answering as the board does
     let enc = encoder();
-    for text in ["a rabbit", "a yellow banana", "an insect on a leaf", "兔子"] {
-        let q = enc.embed_text(text).unwrap();
-        let board: Vec<u64> = idx
-            .search(&q, 10, &Filter::default())
-            .iter()
-            .map(|h| h.seq)
-            .collect();
-        for exact in [true, false] {
-            let a = search::search(
-                &mut db,
-                enc,
-                &search::Query {
-                    text,
-                    k: 10,
-                    exact,
-                    ..Default::default()
-                },
+    let bundle_id = sync::hex(&enc.bundle().id);
+    let indexes = |db: &mut Db| -> Vec<String> {
+        db.client
+            .query(
+                "SELECT indexname FROM pg_indexes WHERE indexname LIKE 'moonlens\\_%\\_' || $1 || '\\_%'",
+                &[&&bundle_id[..16]],
             )
-            .unwrap();
-            let fleet: Vec<u64> = a.hits.iter().map(|h| h.id).collect();
-            assert_eq!(fleet, board, "{text} exact={exact}");
-            assert_eq!(a.exact, exact);
-            assert!(a.hits.iter().all(|h| h.board == "porch"));
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    for kind in ["ivfflat", "hnsw"] {
+        if kind == "hnsw" {
+            let built =
+                ann::ensure(&mut db, &bundle_id, enc.dim(), Policy::Use(Ann::HNSW)).unwrap();
+            assert_eq!(built, ann::Built::Index("hnsw", n as i64));
+        }
+        assert_eq!(
+            indexes(&mut db),
+            [format!("moonlens_{kind}_{}_{n}", &bundle_id[..16])]
+        );
+        let plan = search::explain(&mut db, &bundle_id, enc.dim(), 10, true).unwrap();
+        assert!(plan.contains(&format!("moonlens_{kind}_")), "{plan}");
+        // not due again: the same rows, the same kind
+        let again = ann::ensure(&mut db, &bundle_id, enc.dim(), Policy::Keep).unwrap();
+        assert_eq!(again, ann::Built::Nothing);
+        for text in ["a rabbit", "a yellow banana", "an insect on a leaf", "兔子"] {
+            let q = enc.embed_text(text).unwrap();
+            let board: Vec<u64> = idx
+                .search(&q, 10, &Filter::default())
+                .iter()
+                .map(|h| h.seq)
+                .collect();
+            for exact in [true, false] {
+                let a = search::search(
+                    &mut db,
+                    enc,
+                    &search::Query {
+                        text,
+                        k: 10,
+                        exact,
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+                let fleet: Vec<u64> = a.hits.iter().map(|h| h.id).collect();
+                assert_eq!(fleet, board, "{kind}: {text} exact={exact}");
+                assert_eq!(a.exact, exact);
+                assert!(a.hits.iter().all(|h| h.board == "porch"));
+            }
         }
     }
     // filters: a time window and a board
@@ -453,6 +479,27 @@ fn bad_input_gets_clear_errors_and_the_board_loses_nothing() {
     }
     let mut db = Db::connect(&pg.url()).unwrap();
     plain_sync(&mut db, &other, "barn", false);
+    // an IVFFlat index is rebuilt once the bundle's rows have grown 4x (its lists are fixed
+    // at build), not before
+    let built = |db: &mut Db| -> (String, i64) {
+        let r = db
+            .client
+            .query_one(
+                "SELECT ann_kind, ann_rows FROM moonlens_bundles WHERE bundle_id LIKE '0505%'",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(built(&mut db), ("ivfflat".to_string(), 1));
+    let x = Index::open(&other).unwrap();
+    for (i, rows) in [(2, 1), (3, 1), (4, 4)] {
+        x.append(i, "cam", "x", &encoder().embed_text("a dog").unwrap(), &[])
+            .unwrap();
+        plain_sync(&mut db, &other, "barn", false);
+        assert_eq!(built(&mut db).1, rows, "after {i} rows");
+    }
+    drop(x);
     let e = host(
         &["fleet", "search", "a", "rabbit", "--board", "barn"],
         &pg.url(),

@@ -3,6 +3,8 @@
 use clap::Parser;
 use moonlens::bundle::Bundle;
 use moonlens::encoder::Encoder;
+#[cfg(feature = "fleet")]
+use moonlens::host::cli::AnnKind;
 use moonlens::host::cli::{Bench, Cli, Cmd, Train};
 use moonlens::host::train::{self, Config};
 use moonlens::Result;
@@ -203,24 +205,32 @@ fn bench(b: Bench) -> Result<()> {
             images,
             entries,
             queries,
-            no_hnsw,
+            ann,
             m,
             ef_construction,
             keep,
             json,
-        } => moonlens::host::fleet_bench::run(
-            &encoder(&bundle)?,
-            &moonlens::host::fleet_bench::Options {
-                url: &db,
-                images: &images,
-                entries,
-                queries,
-                hnsw: !no_hnsw,
-                graph: moonlens::fleet::sync::Hnsw { m, ef_construction },
-                json,
-                keep,
-            },
-        ),
+        } => {
+            use moonlens::fleet::ann::Ann;
+            moonlens::host::fleet_bench::run(
+                &encoder(&bundle)?,
+                &moonlens::host::fleet_bench::Options {
+                    url: &db,
+                    images: &images,
+                    entries,
+                    queries,
+                    kinds: ann
+                        .iter()
+                        .map(|k| match k {
+                            AnnKind::Ivfflat => Ann::IvfFlat,
+                            AnnKind::Hnsw => Ann::Hnsw { m, ef_construction },
+                        })
+                        .collect(),
+                    json,
+                    keep,
+                },
+            )
+        }
         Bench::Search {
             bundle,
             images,
@@ -243,14 +253,16 @@ fn bench(b: Bench) -> Result<()> {
 
 #[cfg(feature = "fleet")]
 fn fleet(f: moonlens::host::cli::Fleet) -> Result<()> {
+    use moonlens::fleet::ann::{Ann, Policy};
     use moonlens::fleet::{self, Db};
-    use moonlens::host::cli::Fleet;
+    use moonlens::host::cli::{AnnKind, Fleet};
     match f {
         Fleet::Sync {
             index,
             board,
             db,
             thumbs,
+            ann,
             bundle,
         } => {
             fleet::sync::check_board_name(&board)?;
@@ -269,7 +281,11 @@ fn fleet(f: moonlens::host::cli::Fleet) -> Result<()> {
                     name: &board,
                     bundle_name: name.as_deref(),
                     thumbs,
-                    ann_index: Some(Default::default()),
+                    ann_index: match ann {
+                        None => Policy::Keep,
+                        Some(AnnKind::Ivfflat) => Policy::Use(Ann::IvfFlat),
+                        Some(AnnKind::Hnsw) => Policy::Use(Ann::HNSW),
+                    },
                 },
                 &mut |done, total| {
                     bar.get_or_insert_with(|| {
@@ -291,6 +307,7 @@ fn fleet(f: moonlens::host::cli::Fleet) -> Result<()> {
             bundle,
             exact,
             ef,
+            probes,
             json,
         } => {
             let now = moonlens::source::now_ms();
@@ -312,6 +329,7 @@ fn fleet(f: moonlens::host::cli::Fleet) -> Result<()> {
                 k,
                 exact,
                 ef,
+                probes,
             };
             let mut db = Db::connect(&db)?;
             let a = fleet::search::search(&mut db, &encoder(&bundle)?, &q)?;

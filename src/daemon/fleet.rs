@@ -12,7 +12,8 @@
 //! bounded; status says how many rounds failed).
 
 use super::Shared;
-use crate::fleet::sync::{self, Board, Hnsw, Target};
+use crate::fleet::ann::Policy;
+use crate::fleet::sync::{self, Board, Target};
 use crate::fleet::Db;
 use crate::index::snapshot::Read;
 use std::sync::atomic::Ordering::Relaxed;
@@ -99,8 +100,6 @@ fn run(shared: Weak<Shared>, s: Settings) {
 struct Pusher {
     db: Db,
     target: Option<(/* bundle id */ [u8; 32], Target)>,
-    /// Bundles whose HNSW index this process has made sure of.
-    indexed: Vec<[u8; 32]>,
 }
 
 /// One round: everything newer than the database's newest row of this ring and bundle.
@@ -109,7 +108,6 @@ fn round(shared: &Shared, s: &Settings, conn: &mut Option<Pusher>) -> crate::Res
         *conn = Some(Pusher {
             db: Db::connect(&s.url)?,
             target: None,
-            indexed: Vec::new(),
         });
     }
     let p = conn.as_mut().expect("connected above");
@@ -134,7 +132,7 @@ fn round(shared: &Shared, s: &Settings, conn: &mut Option<Pusher>) -> crate::Res
             name: &s.board,
             bundle_name: Some(&name),
             thumbs: s.thumbs,
-            ann_index: None,
+            ann_index: Policy::Keep,
         };
         p.target = Some((bundle_id, Target::new(&mut p.db, &header, &board)?));
     }
@@ -155,9 +153,9 @@ fn round(shared: &Shared, s: &Settings, conn: &mut Option<Pusher>) -> crate::Res
         sent += target.send(&mut p.db, &reads)?;
         next = last + 1;
     }
-    if sent > 0 && !p.indexed.contains(&bundle_id) {
-        target.ensure_ann_index(&mut p.db, Hnsw::default())?;
-        p.indexed.push(bundle_id);
+    if sent > 0 {
+        // builds the bundle's index the first time, rebuilds an IVFFlat one as rows grow
+        target.ensure_ann_index(&mut p.db, Policy::Keep)?;
     }
     Ok(sent)
 }

@@ -6,8 +6,10 @@
 //!   use and checked on every connect.
 //! - [`sync`]: ship a board's entries the database does not have yet, in committed batches
 //!   (incremental, resumable after a kill, idempotent).
+//! - [`ann`]: each bundle's approximate index (IVFFlat by default, or HNSW), kept fresh.
 //! - [`search`]: encode a query with the bundle the rows carry and rank there.
 
+pub mod ann;
 pub mod search;
 pub mod sync;
 
@@ -27,7 +29,12 @@ INSERT INTO moonlens_meta VALUES ('schema', '1') ON CONFLICT DO NOTHING;
 CREATE TABLE IF NOT EXISTS moonlens_bundles (
   bundle_id text PRIMARY KEY,
   name text,
-  dim integer NOT NULL CHECK (dim BETWEEN 1 AND 2000)
+  dim integer NOT NULL CHECK (dim BETWEEN 1 AND 2000),
+  ann_kind text,
+  ann_rows bigint,
+  ann_lists integer,
+  ann_m integer,
+  ann_ef_construction integer
 );
 CREATE TABLE IF NOT EXISTS moonlens_entries (
   board text NOT NULL,

@@ -7,10 +7,11 @@
 //! refused, naming the bundles they do carry; rows of other bundles beside are reported as
 //! not searched.
 //!
-//! The ranking runs on the bundle's HNSW index (approximate), with `hnsw.ef_search` at least
-//! 40 and twice k, raised when filters (board, time) may remove candidates after the graph
-//! walk. A walk that still returns fewer than k hits is repeated as an exact scan, as is
-//! every search asked `exact`.
+//! The ranking runs on the bundle's approximate index ([`super::ann`]): IVFFlat with
+//! `ivfflat.probes` = sqrt(lists), or HNSW with `hnsw.ef_search` at least 40 and twice k;
+//! both raised when filters (board, time) may remove candidates after the index's scan. A
+//! scan that still returns fewer than k hits is repeated exactly, as is every search asked
+//! `exact`.
 
 use super::sync::hex;
 use super::{BundleRows, Db};
@@ -32,6 +33,8 @@ pub struct Query<'a> {
     pub exact: bool,
     /// `hnsw.ef_search` (candidates the walk keeps); None: 2k, at least 40, 400 with filters.
     pub ef: Option<usize>,
+    /// `ivfflat.probes` (lists scanned); None: sqrt(lists), 4x with filters.
+    pub probes: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -146,7 +149,12 @@ pub fn search(db: &mut Db, enc: &Encoder, q: &Query) -> Result<Answer> {
     if !q.exact {
         let auto = if filtered { 400 } else { (2 * q.k).max(40) };
         let ef = q.ef.unwrap_or(auto).max(q.k).min(1000);
-        let got = rank(db, q, &ours, enc.dim(), &query, Some(ef))?;
+        let lists = super::ann::lists(db, &ours)?.unwrap_or(1);
+        let probes = q
+            .probes
+            .map_or(super::ann::probes_for(lists, filtered), |p| p as i64)
+            .clamp(1, lists.max(1));
+        let got = rank(db, q, &ours, enc.dim(), &query, Some((ef, probes)))?;
         // fewer than k: filters removed candidates after the walk, or the table holds
         // fewer rows; the exact scan tells which
         if got.len() >= q.k {
@@ -179,14 +187,15 @@ fn selection(q: &Query) -> String {
     s
 }
 
-/// The top k of one bundle's rows: on its HNSW graph (`ef` = `hnsw.ef_search`) or exact.
+/// The top k of one bundle's rows: on its approximate index (`hnsw.ef_search`,
+/// `ivfflat.probes`) or exact.
 fn rank(
     db: &mut Db,
     q: &Query,
     bundle_id: &str,
     dim: usize,
     query: &Vector,
-    ef: Option<usize>,
+    approx: Option<(usize, i64)>,
 ) -> Result<Vec<Hit>> {
     // the bundle id is written into the statement (64 hex digits, checked) so the planner
     // can match the bundle's partial index; everything else is a parameter
@@ -200,8 +209,10 @@ fn rank(
         ))
     };
     let mut tx = db.client.transaction().map_err(err)?;
-    let settings = match ef {
-        Some(ef) => format!("SET LOCAL hnsw.ef_search = {ef}"),
+    let settings = match approx {
+        Some((ef, probes)) => {
+            format!("SET LOCAL hnsw.ef_search = {ef}; SET LOCAL ivfflat.probes = {probes}")
+        }
         None => "SET LOCAL enable_indexscan = off; SET LOCAL enable_bitmapscan = off".into(),
     };
     tx.batch_execute(&settings).map_err(err)?;

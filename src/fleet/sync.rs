@@ -48,28 +48,8 @@ pub struct Board<'a> {
     /// The bundle's name, recorded beside its id the first time it is seen.
     pub bundle_name: Option<&'a str>,
     pub thumbs: bool,
-    /// The bundle's HNSW index, built after sending when missing (None: not built, for
-    /// benchmarks that time the load alone).
-    pub ann_index: Option<Hnsw>,
-}
-
-/// The build settings of a bundle's HNSW graph (pgvector's `m` and `ef_construction`):
-/// more links and a wider build search give a graph the walk crosses more reliably (higher
-/// recall at the same `ef_search`) for a longer build and a larger index (docs/fleet.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Hnsw {
-    pub m: u32,
-    pub ef_construction: u32,
-}
-
-impl Default for Hnsw {
-    /// pgvector's defaults.
-    fn default() -> Hnsw {
-        Hnsw {
-            m: 16,
-            ef_construction: 64,
-        }
-    }
+    /// The bundle's approximate index after sending ([`super::ann`]).
+    pub ann_index: super::ann::Policy,
 }
 
 /// Syncs the index in `dir` (a daemon may be writing it). `progress(done, total)` after
@@ -102,9 +82,9 @@ pub fn sync_dir(
         progress(report.sent + report.left_ring, report.listed);
     }
     report.newest = target.newest(db)?;
-    if let (true, Some(hnsw)) = (report.sent > 0, board.ann_index) {
+    if report.sent > 0 {
         let t = std::time::Instant::now();
-        target.ensure_ann_index(db, hnsw)?;
+        target.ensure_ann_index(db, board.ann_index)?;
         report.ann_index_seconds = t.elapsed().as_secs_f64();
     }
     report.seconds = t0.elapsed().as_secs_f64();
@@ -264,51 +244,10 @@ impl Target {
         Ok(n)
     }
 
-    /// The bundle's approximate-nearest-neighbour index (HNSW, inner product over its
-    /// width; docs/fleet.md), built once its rows are in: building over loaded rows is much
-    /// faster than growing the graph one insert at a time.
-    pub fn ensure_ann_index(&self, db: &mut Db, hnsw: Hnsw) -> Result<()> {
-        let sql = ann_index_sql(&self.bundle_id, self.dim, hnsw);
-        // the graph is built in memory when it fits in maintenance_work_mem (else on disk,
-        // many times slower): raised to 1 GB for this session when the server's is lower
-        // (PostgreSQL's default is 64 MB), never lowered
-        let kb: i64 = db
-            .client
-            .query_one(
-                "SELECT setting::bigint FROM pg_settings WHERE name = 'maintenance_work_mem'",
-                &[],
-            )
-            .map_err(|e| db.error("reading maintenance_work_mem", &e))?
-            .get(0);
-        let (raise, reset) = if kb < 1 << 20 {
-            (
-                "SET maintenance_work_mem = '1GB';",
-                "; RESET maintenance_work_mem",
-            )
-        } else {
-            ("", "")
-        };
-        // and fresh statistics, without which the planner takes a loaded table for empty
-        db.client
-            .batch_execute(&format!("{raise} {sql}; ANALYZE moonlens_entries{reset}"))
-            .map_err(|e| db.error("building the bundle's HNSW index", &e))
+    /// The bundle's approximate index, built or rebuilt when due ([`super::ann::ensure`]).
+    pub fn ensure_ann_index(&self, db: &mut Db, policy: super::ann::Policy) -> Result<()> {
+        super::ann::ensure(db, &self.bundle_id, self.dim, policy).map(|_| ())
     }
-}
-
-/// `CREATE INDEX` of one bundle's HNSW graph: a partial index over the rows of that bundle,
-/// the column cast to its width (pgvector indexes need a fixed width; the table holds
-/// bundles of several).
-pub fn ann_index_sql(bundle_id: &str, dim: usize, hnsw: Hnsw) -> String {
-    debug_assert!(bundle_id.chars().all(|c| c.is_ascii_hexdigit()));
-    format!(
-        "CREATE INDEX IF NOT EXISTS moonlens_hnsw_{short} ON moonlens_entries
-           USING hnsw ((embedding::vector({dim})) vector_ip_ops)
-           WITH (m = {m}, ef_construction = {efc})
-           WHERE bundle_id = '{bundle_id}'",
-        short = &bundle_id[..16],
-        m = hnsw.m,
-        efc = hnsw.ef_construction
-    )
 }
 
 pub fn hex(b: &[u8]) -> String {

@@ -332,14 +332,19 @@ pub enum Bench {
         /// Text queries to time
         #[arg(long, default_value_t = 30)]
         queries: usize,
-        /// Skip the HNSW index (its build takes hours at millions of rows on two cores)
-        #[arg(long)]
-        no_hnsw: bool,
+        /// The approximate indexes to build and measure, in turn
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "ivfflat,hnsw"
+        )]
+        ann: Vec<AnnKind>,
         /// HNSW links per node (pgvector's m)
-        #[arg(long, default_value_t = crate::fleet::sync::Hnsw::default().m)]
+        #[arg(long, default_value_t = 16)]
         m: u32,
         /// HNSW build search width (pgvector's ef_construction)
-        #[arg(long, default_value_t = crate::fleet::sync::Hnsw::default().ef_construction)]
+        #[arg(long, default_value_t = 64)]
         ef_construction: u32,
         /// Keep the benchmark's database for inspection instead of dropping it
         #[arg(long)]
@@ -374,6 +379,13 @@ pub enum Bench {
     },
 }
 
+/// An approximate index kind of the fleet database (`fleet::ann`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AnnKind {
+    Ivfflat,
+    Hnsw,
+}
+
 #[cfg(feature = "fleet")]
 #[derive(Debug, clap::Subcommand)]
 pub enum Fleet {
@@ -398,6 +410,10 @@ pub enum Fleet {
         /// Send the thumbnails too
         #[arg(long)]
         thumbs: bool,
+        /// The bundle's approximate index: IVFFlat (rebuilt as rows grow) or HNSW; replaces
+        /// another kind [default: the kind the bundle has, IVFFlat for a new one]
+        #[arg(long, value_enum)]
+        ann: Option<AnnKind>,
         /// The bundle that wrote the index, to record its name (only if the ids match)
         #[arg(long, value_name = "DIR", default_value = "models/default")]
         bundle: PathBuf,
@@ -434,10 +450,14 @@ pub enum Fleet {
         /// Rank every row exactly instead of walking the HNSW index
         #[arg(long)]
         exact: bool,
-        /// Candidates the HNSW walk keeps (hnsw.ef_search, up to 1000): higher finds more of
+        /// Candidates an HNSW walk keeps (hnsw.ef_search, up to 1000): higher finds more of
         /// the exact top k, slower [default: 2k, at least 40; 400 with filters]
         #[arg(long, value_name = "N", conflicts_with = "exact")]
         ef: Option<usize>,
+        /// Lists an IVFFlat scan reads (ivfflat.probes): higher finds more of the exact top
+        /// k, slower [default: sqrt(lists); 4x with filters]
+        #[arg(long, value_name = "N", conflicts_with = "exact")]
+        probes: Option<usize>,
         /// One JSON line instead of the table
         #[arg(long)]
         json: bool,
