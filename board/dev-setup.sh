@@ -7,6 +7,8 @@ missing=()
 # fonts-wqy-microhei: the CJK font of the contact sheets and curves (host::font)
 # mosquitto: the MQTT broker tests/mqtt.rs starts on loopback
 for p in libclang-dev clang fonts-wqy-microhei mosquitto; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+# pip fetches the PostgreSQL + pgvector wheel below (a fresh Debian has python3 without it)
+python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
   $sudo apt-get update -q
