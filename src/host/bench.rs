@@ -82,6 +82,57 @@ pub(crate) fn real_embeddings(enc: &Encoder, dir: &std::path::Path) -> Result<Ve
     enc.embed_images(&images)
 }
 
+/// A ring of `entries` slots in memory, entry i a noisy copy of `base[i % base.len()]`
+/// (a Gaussian-ish draw, the sum of 4 uniforms, scaled to a noise of norm ~0.25: near-
+/// duplicate frames, cosine ~0.97), one every 100 ms from 2026-09-21, of three cameras; what
+/// the search benchmarks scan (`bench search`, `bench fleet`).
+pub(crate) fn near_duplicate_ring(
+    base: &[Vec<f32>],
+    entries: usize,
+    bundle_id: [u8; 32],
+) -> (Header, Vec<u8>) {
+    let dim = base[0].len();
+    let header = Header {
+        version: crate::index::VERSION,
+        dim: dim as u32,
+        capacity: entries as u64,
+        slot_size: slot::size(dim) as u32,
+        thumb_slot: THUMB_SLOT as u32,
+        bundle_id,
+        created_ms: RING_START_MS,
+    };
+    let ss = slot::size(dim);
+    let mut slots = vec![0u8; entries * ss];
+    let mut rng = crate::host::train::linalg::Rng::new(5);
+    let sigma = 0.25 / (dim as f64).sqrt();
+    for (i, s) in slots.chunks_exact_mut(ss).enumerate() {
+        let b = &base[i % base.len()];
+        let noisy: Vec<f32> = b
+            .iter()
+            .map(|x| {
+                let g: f64 = (0..4).map(|_| rng.uniform() - 0.5).sum::<f64>() * 3f64.sqrt();
+                x + (g * sigma) as f32
+            })
+            .collect();
+        let n = noisy.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let unit: Vec<f32> = noisy.iter().map(|x| x / n).collect();
+        let (q, scale) = quantize(&unit);
+        let e = Entry {
+            seq: i as u64 + 1,
+            ts_ms: RING_START_MS + i as i64 * 100,
+            source: ["cam-a", "cam-b", "cam-c"][i % 3].into(),
+            label: "bench".into(),
+            scale,
+            embedding: q,
+        };
+        slot::encode(&e, 0, 0, s);
+    }
+    (header, slots)
+}
+
+/// When [`near_duplicate_ring`]'s entries start (Unix ms).
+const RING_START_MS: i64 = 1_790_000_000_000;
+
 /// Single-thread search over `entries` slots in memory, exact and in two stages, against a
 /// plain sum over a buffer of the same size (the memory-bandwidth baseline). The entries are
 /// near-duplicate camera frames: real image embeddings ([`real_embeddings`]), each copied
@@ -100,42 +151,7 @@ pub fn search(
     use crate::index::search::top_k_two_stage;
     let dim = enc.dim();
     let base = real_embeddings(enc, images)?;
-    let header = Header {
-        version: crate::index::VERSION,
-        dim: dim as u32,
-        capacity: entries as u64,
-        slot_size: slot::size(dim) as u32,
-        thumb_slot: THUMB_SLOT as u32,
-        bundle_id: [0; 32],
-        created_ms: 0,
-    };
-    let ss = slot::size(dim);
-    let mut slots = vec![0u8; entries * ss];
-    let mut rng = crate::host::train::linalg::Rng::new(5);
-    let sigma = 0.25 / (dim as f64).sqrt();
-    for (i, s) in slots.chunks_exact_mut(ss).enumerate() {
-        let b = &base[i % base.len()];
-        // a Gaussian-ish draw (sum of 4 uniforms), scaled to a noise of norm ~0.25
-        let noisy: Vec<f32> = b
-            .iter()
-            .map(|x| {
-                let g: f64 = (0..4).map(|_| rng.uniform() - 0.5).sum::<f64>() * 3f64.sqrt();
-                x + (g * sigma) as f32
-            })
-            .collect();
-        let n = noisy.iter().map(|x| x * x).sum::<f32>().sqrt();
-        let unit: Vec<f32> = noisy.iter().map(|x| x / n).collect();
-        let (q, scale) = quantize(&unit);
-        let e = Entry {
-            seq: i as u64 + 1,
-            ts_ms: i as i64,
-            source: "bench".into(),
-            label: String::new(),
-            scale,
-            embedding: q,
-        };
-        slot::encode(&e, 0, 0, s);
-    }
+    let (header, slots) = near_duplicate_ring(&base, entries, [0; 32]);
     let t = Instant::now();
     let codes = Codes::build(&slots, &header);
     let codes_ms = t.elapsed().as_secs_f64() * 1e3;

@@ -11,8 +11,8 @@ use crate::fleet::ann::{self, Ann, Policy};
 use crate::fleet::{search, sync, Db};
 use crate::host::bench::{percentile, real_embeddings, PHRASES};
 use crate::index::search::{top_k, Filter};
+use crate::index::slot;
 use crate::index::snapshot::Read;
-use crate::index::{quantize, slot, Entry, Header};
 use std::path::Path;
 use std::time::Instant;
 
@@ -79,41 +79,9 @@ fn measure(enc: &Encoder, o: &Options, cfg: &postgres::Config) -> Result<()> {
     // thumbnail slots): its slots for the board's own scan, decoded per batch for the sync
     let base = real_embeddings(enc, o.images)?;
     let dim = enc.dim();
-    let header = Header {
-        version: crate::index::VERSION,
-        dim: dim as u32,
-        capacity: o.entries,
-        slot_size: slot::size(dim) as u32,
-        thumb_slot: crate::index::THUMB_SLOT as u32,
-        bundle_id: enc.bundle().id,
-        created_ms: 1_790_000_000_000,
-    };
+    let (header, slots) =
+        crate::host::bench::near_duplicate_ring(&base, o.entries as usize, enc.bundle().id);
     let ss = slot::size(dim);
-    let mut slots = vec![0u8; o.entries as usize * ss];
-    let mut rng = crate::host::train::linalg::Rng::new(5);
-    let sigma = 0.25 / (dim as f64).sqrt();
-    for (i, s) in slots.chunks_exact_mut(ss).enumerate() {
-        let b = &base[i % base.len()];
-        let noisy: Vec<f32> = b
-            .iter()
-            .map(|x| {
-                let g: f64 = (0..4).map(|_| rng.uniform() - 0.5).sum::<f64>() * 3f64.sqrt();
-                x + (g * sigma) as f32
-            })
-            .collect();
-        let n = noisy.iter().map(|x| x * x).sum::<f32>().sqrt();
-        let unit: Vec<f32> = noisy.iter().map(|x| x / n).collect();
-        let (q, scale) = quantize(&unit);
-        let e = Entry {
-            seq: i as u64 + 1,
-            ts_ms: 1_790_000_000_000 + i as i64 * 100,
-            source: ["cam-a", "cam-b", "cam-c"][i % 3].into(),
-            label: "bench".into(),
-            scale,
-            embedding: q,
-        };
-        slot::encode(&e, 0, 0, s);
-    }
     let mut db = Db::connect_config(cfg)?;
     let board = sync::Board {
         name: "bench",
