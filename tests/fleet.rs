@@ -184,9 +184,9 @@ fn count(db: &mut Db, board: &str) -> i64 {
 }
 
 fn plain_sync(db: &mut Db, dir: &Path, board: &str, thumbs: bool) -> sync::Report {
-    sync::sync_dir(
+    sync::run(
         db,
-        dir,
+        &mut moonlens::index::snapshot::Snapshot::open(dir).unwrap(),
         &sync::Board {
             name: board,
             bundle_name: Some("default"),
@@ -573,6 +573,12 @@ fn the_daemon_pushes_its_entries_and_survives_the_database_going_away() {
     }
     let mut db = Db::connect(&url).unwrap();
     assert_eq!(count(&mut db, "porch"), 22);
+    let thumbs: i64 = db
+        .client
+        .query_one("SELECT count(thumb) FROM moonlens_entries", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(thumbs, 0, "without --fleet-thumbs no thumbnail is sent");
     let a = search::search(
         &mut db,
         encoder(),

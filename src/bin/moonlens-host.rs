@@ -266,17 +266,17 @@ fn fleet(f: moonlens::host::cli::Fleet) -> Result<()> {
             bundle,
         } => {
             fleet::sync::check_board_name(&board)?;
-            let header = moonlens::index::snapshot::header(&index)?;
+            let mut snap = moonlens::index::snapshot::Snapshot::open(&index)?;
             // the bundle's name is recorded only when it is the one that wrote the index
             let name = Bundle::open(&bundle)
                 .ok()
-                .filter(|b| b.id == header.bundle_id)
+                .filter(|b| b.id == snap.header().bundle_id)
                 .map(|b| b.manifest.name.clone());
             let mut db = Db::connect(&db)?;
             let (mut bar, mut last) = (None, 0);
-            let r = fleet::sync::sync_dir(
+            let r = fleet::sync::run(
                 &mut db,
-                &index,
+                &mut snap,
                 &fleet::sync::Board {
                     name: &board,
                     bundle_name: name.as_deref(),

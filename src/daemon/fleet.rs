@@ -55,9 +55,9 @@ pub fn host_name() -> String {
         .unwrap_or_else(|| "board".into())
 }
 
-/// Starts the push thread; it ends with the daemon.
+/// Starts the push thread (`settings` passed [`Settings::check`] when the daemon started,
+/// before anything was loaded); it ends with the daemon.
 pub fn start(shared: &Arc<Shared>, settings: Settings) -> crate::Result<()> {
-    settings.check()?;
     let weak = Arc::downgrade(shared);
     std::thread::Builder::new()
         .name("fleet".into())
@@ -145,8 +145,12 @@ fn round(shared: &Shared, s: &Settings, conn: &mut Option<Pusher>) -> crate::Res
     let mut next = newest.max(oldest - 1) + 1;
     while next <= head {
         let last = (next + BATCH as u64 - 1).min(head);
+        // thumbnails are copied out only when they are sent
         let reads: Vec<Read> = (next..=last)
-            .filter_map(|seq| index.get_with_thumb(seq))
+            .filter_map(|seq| match s.thumbs {
+                true => index.get_with_thumb(seq),
+                false => index.get(seq).map(|e| (e, None)),
+            })
             .filter(|(e, _)| e.embedding.len() == dim)
             .map(|(entry, thumb)| Read { entry, thumb })
             .collect();

@@ -25,6 +25,10 @@ use crate::error::Result;
 /// built on.
 pub const REBUILD_GROWTH: i64 = 4;
 
+/// pgvector's default HNSW links per node (`m`) and build width (`ef_construction`).
+pub const HNSW_M: u32 = 16;
+pub const HNSW_EF_CONSTRUCTION: u32 = 64;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ann {
     IvfFlat,
@@ -34,8 +38,8 @@ pub enum Ann {
 impl Ann {
     /// pgvector's HNSW defaults.
     pub const HNSW: Ann = Ann::Hnsw {
-        m: 16,
-        ef_construction: 64,
+        m: HNSW_M,
+        ef_construction: HNSW_EF_CONSTRUCTION,
     };
 
     pub fn kind(&self) -> &'static str {
@@ -90,10 +94,7 @@ pub fn ensure(db: &mut Db, bundle_id: &str, dim: usize, policy: Policy) -> Resul
         return Ok(Built::Nothing);
     }
     let place = db.place.clone();
-    let err = |what: &str, e: postgres::Error| {
-        let d = e.as_db_error().map(|d| d.message().to_string());
-        crate::Error::new(format!("{place}: {what}: {}", d.unwrap_or(e.to_string())))
-    };
+    let err = |what: &str, e: postgres::Error| super::error_at(&place, what, &e);
     let row = db
         .client
         .query_one(
@@ -190,18 +191,6 @@ pub fn ensure(db: &mut Db, bundle_id: &str, dim: usize, policy: Policy) -> Resul
         .batch_execute("ANALYZE moonlens_entries")
         .map_err(|e| err("ANALYZE", e))?;
     Ok(Built::Index(want.kind(), rows))
-}
-
-/// The IVFFlat lists the bundle's index has (None: no IVFFlat index).
-pub fn lists(db: &mut Db, bundle_id: &str) -> Result<Option<i64>> {
-    let r = db
-        .client
-        .query_opt(
-            "SELECT ann_lists FROM moonlens_bundles WHERE bundle_id = $1 AND ann_kind = 'ivfflat'",
-            &[&bundle_id],
-        )
-        .map_err(|e| db.error("reading the bundle's index", &e))?;
-    Ok(r.and_then(|r| r.get::<_, Option<i32>>(0)).map(i64::from))
 }
 
 #[cfg(test)]

@@ -111,12 +111,18 @@ impl Db {
 
     /// An error of `what` against this database, naming it.
     pub fn error(&self, what: &str, e: &postgres::Error) -> Error {
-        let detail = e
-            .as_db_error()
-            .map(|d| d.message().to_string())
-            .unwrap_or_else(|| e.to_string());
-        Error::new(format!("{}: {what}: {detail}", self.place))
+        error_at(&self.place, what, e)
     }
+}
+
+/// An error of `what` against the database at `place` (for code holding a transaction, which
+/// borrows the [`Db`]): the server's own message when it sent one.
+pub(crate) fn error_at(place: &str, what: &str, e: &postgres::Error) -> Error {
+    let detail = e
+        .as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_else(|| e.to_string());
+    Error::new(format!("{place}: {what}: {detail}"))
 }
 
 /// The bundle rows carry, as the database knows it.
@@ -127,6 +133,9 @@ pub struct BundleRows {
     /// Counted only for messages (a count reads every row).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rows: Option<i64>,
+    /// The lists of its IVFFlat index (None: it has another kind, or none).
+    #[serde(skip)]
+    pub ann_lists: Option<i64>,
 }
 
 impl std::fmt::Display for BundleRows {

@@ -62,17 +62,23 @@ pub struct Answer {
     pub encode_ms: f64,
 }
 
-/// The bundles some row matching `q`'s filters carries (an index probe per bundle).
+/// The rows of `moonlens_entries e` that `q`'s filters select ($1 board, $2 since, $3 until).
+const SELECTED: &str = "($1::text IS NULL OR e.board = $1)
+    AND ($2::bigint IS NULL OR e.ts_ms >= $2)
+    AND ($3::bigint IS NULL OR e.ts_ms <= $3)";
+
+/// The bundles some row matching `q`'s filters carries (an index probe per bundle), with
+/// their IVFFlat lists.
 pub fn present(db: &mut Db, q: &Query) -> Result<Vec<BundleRows>> {
     let rows = db
         .client
         .query(
-            "SELECT b.bundle_id, b.name FROM moonlens_bundles b
-             WHERE EXISTS (SELECT 1 FROM moonlens_entries e WHERE e.bundle_id = b.bundle_id
-               AND ($1::text IS NULL OR e.board = $1)
-               AND ($2::bigint IS NULL OR e.ts_ms >= $2)
-               AND ($3::bigint IS NULL OR e.ts_ms <= $3))
-             ORDER BY b.bundle_id",
+            &format!(
+                "SELECT b.bundle_id, b.name, b.ann_lists FROM moonlens_bundles b
+                 WHERE EXISTS (SELECT 1 FROM moonlens_entries e
+                               WHERE e.bundle_id = b.bundle_id AND {SELECTED})
+                 ORDER BY b.bundle_id"
+            ),
             &[&q.board, &q.since_ms, &q.until_ms],
         )
         .map_err(|e| db.error("listing the bundles", &e))?;
@@ -82,6 +88,7 @@ pub fn present(db: &mut Db, q: &Query) -> Result<Vec<BundleRows>> {
             bundle_id: r.get(0),
             name: r.get(1),
             rows: None,
+            ann_lists: r.get::<_, Option<i32>>(2).map(i64::from),
         })
         .collect())
 }
@@ -92,12 +99,12 @@ pub fn bundles(db: &mut Db, q: &Query) -> Result<Vec<BundleRows>> {
     let rows = db
         .client
         .query(
-            "SELECT e.bundle_id, b.name, count(*) FROM moonlens_entries e
-               JOIN moonlens_bundles b USING (bundle_id)
-             WHERE ($1::text IS NULL OR e.board = $1)
-               AND ($2::bigint IS NULL OR e.ts_ms >= $2)
-               AND ($3::bigint IS NULL OR e.ts_ms <= $3)
-             GROUP BY e.bundle_id, b.name ORDER BY count(*) DESC",
+            &format!(
+                "SELECT e.bundle_id, b.name, count(*) FROM moonlens_entries e
+                   JOIN moonlens_bundles b USING (bundle_id)
+                 WHERE {SELECTED}
+                 GROUP BY e.bundle_id, b.name ORDER BY count(*) DESC"
+            ),
             &[&q.board, &q.since_ms, &q.until_ms],
         )
         .map_err(|e| db.error("counting the rows", &e))?;
@@ -107,6 +114,7 @@ pub fn bundles(db: &mut Db, q: &Query) -> Result<Vec<BundleRows>> {
             bundle_id: r.get(0),
             name: r.get(1),
             rows: Some(r.get(2)),
+            ann_lists: None,
         })
         .collect())
 }
@@ -149,7 +157,7 @@ pub fn search(db: &mut Db, enc: &Encoder, q: &Query) -> Result<Answer> {
     if !q.exact {
         let auto = if filtered { 400 } else { (2 * q.k).max(40) };
         let ef = q.ef.unwrap_or(auto).max(q.k).min(1000);
-        let lists = super::ann::lists(db, &ours)?.unwrap_or(1);
+        let lists = bundle.ann_lists.unwrap_or(1);
         let probes = q
             .probes
             .map_or(super::ann::probes_for(lists, filtered), |p| p as i64)
@@ -201,13 +209,7 @@ fn rank(
     // can match the bundle's partial index; everything else is a parameter
     assert!(bundle_id.len() == 64 && bundle_id.chars().all(|c| c.is_ascii_hexdigit()));
     let place = db.place.clone();
-    let err = |e: postgres::Error| {
-        let d = e.as_db_error().map(|d| d.message().to_string());
-        Error::new(format!(
-            "{place}: searching: {}",
-            d.unwrap_or(e.to_string())
-        ))
-    };
+    let err = |e: postgres::Error| super::error_at(&place, "searching", &e);
     let mut tx = db.client.transaction().map_err(err)?;
     let settings = match approx {
         Some((ef, probes)) => {

@@ -15,7 +15,6 @@ use crate::index::Header;
 use pgvector::Vector;
 use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::types::Type;
-use std::path::Path;
 
 /// Entries per committed batch: large enough that COPY dominates, small enough that a kill
 /// loses little work.
@@ -38,7 +37,7 @@ pub struct Report {
     /// The newest seq the database holds for this board, ring and bundle afterwards.
     pub newest: Option<u64>,
     pub seconds: f64,
-    /// Of which building or updating the HNSW index and the statistics.
+    /// Of which building or rebuilding the bundle's approximate index and the statistics.
     pub ann_index_seconds: f64,
 }
 
@@ -52,26 +51,19 @@ pub struct Board<'a> {
     pub ann_index: super::ann::Policy,
 }
 
-/// Syncs the index in `dir` (a daemon may be writing it). `progress(done, total)` after
-/// each batch.
-pub fn sync_dir(
+/// Syncs an opened index (a daemon may be writing it; the snapshot stays on the file it
+/// opened, so one bundle's rows throughout). `progress(done, total)` after each batch.
+pub fn run(
     db: &mut Db,
-    dir: &Path,
+    snap: &mut Snapshot,
     board: &Board,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Report> {
     let t0 = std::time::Instant::now();
     check_board_name(board.name)?;
-    let header = crate::index::snapshot::header(dir)?;
-    let target = Target::new(db, &header, board)?;
+    let target = Target::new(db, snap.header(), board)?;
     let newest = target.newest(db)?;
-    let snap = Snapshot::open(dir, newest.unwrap_or(0))?;
-    if snap.header() != &header {
-        return Err(Error::new(format!(
-            "{}: the index changed bundle while the sync started (a reload committed); run it again",
-            dir.display()
-        )));
-    }
+    snap.list(newest.unwrap_or(0))?;
     let mut report = target.report(newest);
     report.listed = snap.seqs().len() as u64;
     report.unreadable = snap.unreadable;
@@ -192,10 +184,7 @@ impl Target {
         }
         let place = db.place.clone();
         let err = |what: &str, e: postgres::Error| {
-            Error::new(format!(
-                "{place}: sending a batch: {what}: {}",
-                db_message(&e)
-            ))
+            super::error_at(&place, &format!("sending a batch: {what}"), &e)
         };
         let mut tx = db.client.transaction().map_err(|e| err("BEGIN", e))?;
         let sink = tx
@@ -252,10 +241,4 @@ impl Target {
 
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn db_message(e: &postgres::Error) -> String {
-    e.as_db_error()
-        .map(|d| d.message().to_string())
-        .unwrap_or_else(|| e.to_string())
 }

@@ -341,10 +341,10 @@ pub enum Bench {
         )]
         ann: Vec<AnnKind>,
         /// HNSW links per node (pgvector's m)
-        #[arg(long, default_value_t = 16)]
+        #[arg(long, default_value_t = crate::fleet::ann::HNSW_M)]
         m: u32,
         /// HNSW build search width (pgvector's ef_construction)
-        #[arg(long, default_value_t = 64)]
+        #[arg(long, default_value_t = crate::fleet::ann::HNSW_EF_CONSTRUCTION)]
         ef_construction: u32,
         /// Keep the benchmark's database for inspection instead of dropping it
         #[arg(long)]

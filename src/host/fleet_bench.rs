@@ -160,7 +160,11 @@ fn measure(enc: &Encoder, o: &Options, cfg: &postgres::Config) -> Result<()> {
         let t = Instant::now();
         ann::ensure(&mut db, &bundle, dim, Policy::Use(*kind))?;
         let build_s = t.elapsed().as_secs_f64();
-        let lists = ann::lists(&mut db, &bundle)?.unwrap_or(1);
+        let lists = search::present(&mut db, &search::Query::default())?
+            .into_iter()
+            .find(|b| b.bundle_id == bundle)
+            .and_then(|b| b.ann_lists)
+            .unwrap_or(1);
         let settings: Vec<(Option<usize>, Option<usize>)> = match kind {
             Ann::IvfFlat => PROBES_X
                 .iter()

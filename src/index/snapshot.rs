@@ -18,7 +18,8 @@ use std::path::Path;
 /// How long a torn slot is given before its second read.
 const REREAD_AFTER: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// The entries of an index newer than a given seq, listed once, read in batches.
+/// An index opened for reading: its header, then the entries newer than a given seq, listed
+/// once ([`Snapshot::list`]) and read in batches ([`Snapshot::read`]).
 pub struct Snapshot {
     header: Header,
     index: File,
@@ -36,8 +37,8 @@ pub struct Read {
 }
 
 impl Snapshot {
-    /// Lists the valid entries of the index in `dir` whose seq is above `after`.
-    pub fn open(dir: &Path, after: u64) -> Result<Snapshot> {
+    /// Opens the index in `dir` and reads its header; nothing is listed yet.
+    pub fn open(dir: &Path) -> Result<Snapshot> {
         let path = dir.join("index.ml");
         let index = File::open(&path).context(format_args!("cannot read {}", path.display()))?;
         let mut page = vec![0u8; HEADER_SIZE];
@@ -45,15 +46,13 @@ impl Snapshot {
             read_at(&index, &mut page, 0).context(format_args!("reading {}", path.display()))?;
         let (header, _) = header_page(&page[..got], &path)?;
         let thumbs = File::open(dir.join("thumbs.ml")).ok();
-        let mut snap = Snapshot {
+        Ok(Snapshot {
             header,
             index,
             thumbs,
             seqs: Vec::new(),
             unreadable: 0,
-        };
-        snap.list(after)?;
-        Ok(snap)
+        })
     }
 
     pub fn header(&self) -> &Header {
@@ -69,7 +68,10 @@ impl Snapshot {
         HEADER_SIZE as u64 + i * u64::from(self.header.slot_size)
     }
 
-    fn list(&mut self, after: u64) -> Result<()> {
+    /// Lists the valid entries whose seq is above `after` (replacing an earlier listing).
+    pub fn list(&mut self, after: u64) -> Result<()> {
+        self.seqs.clear();
+        self.unreadable = 0;
         let ss = self.header.slot_size as usize;
         // a megabyte of slots a read: the listing is one sequential pass over the file
         let per_read = ((1 << 20) / ss).max(1) as u64;
@@ -172,13 +174,4 @@ fn read_at(f: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
         }
     }
     Ok(n)
-}
-
-/// The header of the index in `dir`, read without the writer lock.
-pub fn header(dir: &Path) -> Result<Header> {
-    let path = dir.join("index.ml");
-    let f = File::open(&path).context(format_args!("cannot read {}", path.display()))?;
-    let mut page = vec![0u8; HEADER_SIZE];
-    let got = read_at(&f, &mut page, 0).context(format_args!("reading {}", path.display()))?;
-    Ok(header_page(&page[..got], &path)?.0)
 }
