@@ -118,6 +118,18 @@ pub struct TextTower {
     /// As [`ImageTower::base_output`]: the sentence embedding under a trained head.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_output: Option<String>,
+    /// A second input: the query's character bag ([`crate::encoder::char_bag`]), read by a
+    /// distilled head beside the sentence embedding (`distill --char-buckets`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub char_bag: Option<CharBagInput>,
+}
+
+/// `[multilingual.char_bag]`: the graph input that takes the bag, and its width.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CharBagInput {
+    pub input: String,
+    pub buckets: usize,
 }
 
 impl ImageTower {

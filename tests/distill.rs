@@ -9,6 +9,7 @@
 mod common;
 use common::*;
 use moonlens::bundle::Bundle;
+use moonlens::encoder::char_bag::char_bag;
 use moonlens::encoder::{Encoder, Outputs};
 use moonlens::host::train::{distill, embed, store, Config};
 use std::io::Write;
@@ -50,7 +51,19 @@ fn renamed_copy(bundle: &Bundle, dir: &Path) -> Bundle {
 
 #[test]
 fn distill_export_route() {
-    let d = tempdir("distill-e2e");
+    distill_export_route_with(0);
+}
+
+/// The same with the character bag as a second input: the exported graph takes it as
+/// `char_bag`, the encoder computes it per query, and the result is still the training
+/// forward pass (on the sentence embedding followed by the bag).
+#[test]
+fn distill_export_route_with_a_character_bag() {
+    distill_export_route_with(512);
+}
+
+fn distill_export_route_with(char_buckets: usize) {
+    let d = tempdir(&format!("distill-e2e-{char_buckets}"));
     let langs = ["fr", "de", "es", "zh_CN"];
     let tr = slice("train", &langs, 240, &d);
     let va = slice("val", &langs, 60, &d);
@@ -63,7 +76,10 @@ fn distill_export_route() {
     let heads_dir = d.join("heads");
     let t = distill::run(
         &teacher,
-        &teacher,
+        distill::Student {
+            bundle: &teacher,
+            char_buckets,
+        },
         &[tr],
         &[va],
         &heads_dir,
@@ -81,6 +97,8 @@ fn distill_export_route() {
 
     let heads = store::load(&heads_dir).unwrap();
     assert!(heads.image.is_none() && heads.info.teacher.is_some());
+    assert_eq!(heads.info.char_buckets, char_buckets);
+    assert_eq!(heads.text.input(), 384 + char_buckets);
     let err = moonlens::host::export::export(&heads, &teacher, &d.join("x"), true, 0.0)
         .err()
         .unwrap()
@@ -100,7 +118,21 @@ fn distill_export_route() {
         let out = d.join(if int8 { "bundle-int8" } else { "bundle-f32" });
         let b = moonlens::host::export::export_multilingual(&heads, &teacher, &teacher, &out, int8)
             .unwrap();
-        assert!(b.manifest.multilingual.is_some());
+        let tower = b
+            .manifest
+            .multilingual
+            .as_ref()
+            .expect("a [multilingual] tower");
+        assert_eq!(
+            tower.char_bag.as_ref().map(|c| c.buckets),
+            (char_buckets > 0).then_some(char_buckets)
+        );
+        // the manifest says it in words a reader (and an older build) sees
+        let written = std::fs::read_to_string(b.path("bundle.toml")).unwrap();
+        assert_eq!(
+            written.contains("[multilingual.char_bag]"),
+            char_buckets > 0
+        );
         let enc = Encoder::load(&b).unwrap();
         let multi = enc.multilingual().expect("a multilingual tower");
         // routing: Chinese and accented Latin go to the distilled tower, English stays
@@ -117,7 +149,9 @@ fn distill_export_route() {
         }
         // the exported tower = the training forward pass on the student's embedding
         for q in ["兔子", "Un lapin.", "月亮和灯笼"] {
-            let want = embed(&heads.text, &[student.embed_text(q).unwrap()]).remove(0);
+            let mut input = student.embed_text(q).unwrap();
+            input.extend(char_bag(q, char_buckets));
+            let want = embed(&heads.text, &[input]).remove(0);
             let got = multi.embed(q).unwrap();
             assert_eq!(got.len(), teacher.manifest.dim);
             let c = cosine(&got, &want);

@@ -4,9 +4,11 @@ default for non-English queries. onnxruntime on the bundle's own graphs; the bas
 each set reproduces `moonlens-host eval` (tract) first.
 
     .venv/bin/python models/convert/score_probes.py [--sets val] [--cache /tmp/moonlens-probes]
+        [--bundle models/default]
 
 Validation sets only by default (`--sets test` adds the test splits for the E5 probe)."""
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -99,7 +101,12 @@ class Towers:
                              "passage": ("multilingual.onnx", "multilingual-tokenizer.json", "passage: ")}[kind]
                 tok = Tokenizer.from_file(os.path.join(BUNDLE, t))
                 tok.no_padding()
-                self.text[kind] = (session(os.path.join(BUNDLE, f)), tok, pre)
+                sess = session(os.path.join(BUNDLE, f))
+                if len(sess.get_inputs()) > 2:
+                    sys.exit(f"{BUNDLE}/{f} takes a character bag (bundle.toml [multilingual.char_bag]): "
+                             "these probes predate it and feed tokens only; run them on a bundle "
+                             "without one: --bundle models/build/default-dict")
+                self.text[kind] = (sess, tok, pre)
             s, tok, pre = self.text[kind]
             ids = np.array([tok.encode(pre + text).ids[:128]], np.int64)
             e, b = s.run(["embedding", "sentence_embedding"], {"input_ids": ids, "attention_mask": np.ones_like(ids)})
@@ -117,11 +124,16 @@ def softmax_mix(scores, rows, k=50):
 
 
 def main():
+    global BUNDLE
     ap = argparse.ArgumentParser()
     ap.add_argument("--sets", default="val", choices=["val", "test"])
     ap.add_argument("--cache", default="/tmp/moonlens-probes")
+    ap.add_argument("--bundle", default=BUNDLE)
     a = ap.parse_args()
-    t = Towers(a.cache)
+    BUNDLE = os.path.abspath(a.bundle)
+    # embeddings are cached per bundle: another bundle.toml, another cache
+    tag = hashlib.sha256(open(os.path.join(BUNDLE, "bundle.toml"), "rb").read()).hexdigest()[:12]
+    t = Towers(os.path.join(a.cache, tag))
     names = json.load(open(NAMES))
     e5_classes = np.stack([t.embed("passage", f"a picture of a {n}.")[1] for n in names])
     sets = [("val.jsonl", "en"), ("val_zh_CN.jsonl", "ml"), ("openclipart_val.jsonl", "en"),

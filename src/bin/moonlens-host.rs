@@ -53,11 +53,15 @@ fn run(cmd: Cmd) -> Result<()> {
         Cmd::Distill {
             teacher,
             student,
+            char_buckets,
             training,
         } => {
             let t = train::distill::run(
                 &Bundle::open(teacher)?,
-                &Bundle::open(student)?,
+                train::distill::Student {
+                    bundle: &Bundle::open(student)?,
+                    char_buckets,
+                },
                 &training.pairs,
                 &training.val,
                 &training.out,

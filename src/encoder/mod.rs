@@ -9,6 +9,7 @@
 //! ([`crate::daemon::ingest`]). The text plan keeps the sequence length symbolic so a
 //! 3-token query does not pay for 128.
 
+pub mod char_bag;
 pub mod preprocess;
 pub mod reproject;
 pub mod rewrite;
@@ -374,6 +375,8 @@ impl TextEncoder {
         let text_path = bundle.path(&spec.file);
         let mut names = vec![spec.input_ids.as_str()];
         names.extend(spec.attention_mask.as_deref());
+        let token_inputs = names.len();
+        names.extend(spec.char_bag.as_ref().map(|b| b.input.as_str()));
         let plan = onnx_model(&text_path)?
             .with_input_names(names)
             .and_then(|mut x| {
@@ -382,8 +385,11 @@ impl TextEncoder {
                     Some(n) => TDim::Val(n as i64),
                     None => x.sym("S").into(),
                 };
-                for input in 0..x.inputs.len() {
+                for input in 0..token_inputs {
                     x = x.with_input_fact(input, i64::fact(dims!(1, len.clone())).into())?;
+                }
+                if let Some(b) = &spec.char_bag {
+                    x = x.with_input_fact(token_inputs, f32::fact([1, b.buckets]).into())?;
                 }
                 Ok(x)
             })
@@ -453,6 +459,14 @@ impl TextEncoder {
             inputs.push(
                 Tensor::from_shape(&[1, ids.len()], &mask)
                     .context("mask tensor")?
+                    .into_tvalue(),
+            );
+        }
+        if let Some(b) = &self.spec.char_bag {
+            let bag = char_bag::char_bag(text, b.buckets);
+            inputs.push(
+                Tensor::from_shape(&[1, b.buckets], &bag)
+                    .context("character bag tensor")?
                     .into_tvalue(),
             );
         }

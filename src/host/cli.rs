@@ -38,6 +38,10 @@ pub enum Cmd {
         /// The bundle whose text encoder learns to hit them
         #[arg(long, value_name = "BUNDLE")]
         student: PathBuf,
+        /// Also read each text's bag of CJK characters and character pairs, hashed into this
+        /// many slots (0: the sentence embedding alone; models/README.md, "A character bag")
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        char_buckets: usize,
         #[command(flatten)]
         training: Training,
     },

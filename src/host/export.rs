@@ -29,12 +29,37 @@ struct Appender<'a> {
     g: &'a mut pb::GraphProto,
     prefix: &'static str,
     n: usize,
+    /// names already in the graph (a previous head's, pruned only at the end): a new tensor
+    /// must not take one, or two nodes would write the same tensor
+    taken: std::collections::HashSet<String>,
 }
 
-impl Appender<'_> {
+impl<'a> Appender<'a> {
+    fn new(g: &'a mut pb::GraphProto, prefix: &'static str) -> Self {
+        let taken = g
+            .node
+            .iter()
+            .flat_map(|n| n.output.iter().chain([&n.name]))
+            .chain(g.initializer.iter().map(|i| &i.name))
+            .chain(g.input.iter().map(|i| &i.name))
+            .cloned()
+            .collect();
+        Appender {
+            g,
+            prefix,
+            n: 0,
+            taken,
+        }
+    }
+
     fn name(&mut self, hint: &str) -> String {
-        self.n += 1;
-        format!("{}_{hint}_{}", self.prefix, self.n)
+        loop {
+            self.n += 1;
+            let name = format!("{}_{hint}_{}", self.prefix, self.n);
+            if self.taken.insert(name.clone()) {
+                return name;
+            }
+        }
     }
 
     fn init(&mut self, hint: &str, dims: &[usize], data_type: i32, raw: Vec<u8>) -> String {
@@ -191,6 +216,8 @@ struct Tower<'a> {
     input: &'a str,
     /// extra outputs to keep beside `embedding`, with their widths where known
     keep: Vec<(&'a str, Option<usize>)>,
+    /// a new graph input the head reads after `input` (the character bag): name and width
+    bag: Option<(&'a str, usize)>,
 }
 
 /// Reads the tower, gives the base embedding its exported name, drops any previous head,
@@ -233,10 +260,15 @@ fn append_head(t: &Tower, head: &Head, int8: bool, mix: Option<(f64, usize)>) ->
             );
         }
     }
-    let mut app = Appender {
-        g: &mut *g,
-        prefix: "head",
-        n: 0,
+    let mut app = Appender::new(&mut *g, "head");
+    let bag_input;
+    let input = match t.bag {
+        Some((name, width)) => {
+            app.g.input.push(value_info(name, Some(width)));
+            bag_input = app.op("Concat", &[input, name], vec![int_attr("axis", -1)]);
+            bag_input.as_str()
+        }
+        None => input,
     };
     let mut out = app.head(input, head, int8);
     let mut dim = head.dim();
@@ -319,6 +351,7 @@ pub fn export(heads: &Heads, base: &Bundle, out: &Path, int8: bool, mix: f64) ->
             base_new: "bridge_embedding",
             input: &image_input,
             keep,
+            bag: None,
         },
         image_head,
         int8,
@@ -333,6 +366,7 @@ pub fn export(heads: &Heads, base: &Bundle, out: &Path, int8: bool, mix: f64) ->
             base_new: "sentence_embedding",
             input: m.text.base(),
             keep: vec![("sentence_embedding", Some(base_dim))],
+            bag: None,
         },
         &heads.text,
         int8,
@@ -437,6 +471,9 @@ fn backbone(m: &Manifest, key: &str) -> String {
     }
 }
 
+/// The graph input of a distilled tower's character bag.
+const CHAR_BAG: &str = "char_bag";
+
 /// Writes the bundle `out` = the `teacher` bundle unchanged + a `[multilingual]` text tower:
 /// the `student` bundle's text tower with the distilled `heads` (`distill`) appended, so its
 /// queries land in the teacher's embedding space. Returns it opened (hashes verified).
@@ -503,7 +540,11 @@ pub fn export_multilingual(
             base: sm.base(),
             base_new: "sentence_embedding",
             input: sm.base(),
-            keep: vec![("sentence_embedding", Some(heads.info.text_input))],
+            keep: vec![(
+                "sentence_embedding",
+                Some(heads.info.text_input - heads.info.char_buckets),
+            )],
+            bag: (heads.info.char_buckets > 0).then_some((CHAR_BAG, heads.info.char_buckets)),
         },
         &heads.text,
         int8,
@@ -519,6 +560,10 @@ pub fn export_multilingual(
         tokenizer: tokenizer_file.into(),
         output: "embedding".into(),
         base_output: Some("sentence_embedding".into()),
+        char_bag: (heads.info.char_buckets > 0).then(|| crate::bundle::CharBagInput {
+            input: CHAR_BAG.into(),
+            buckets: heads.info.char_buckets,
+        }),
         ..sm.clone()
     });
     manifest.name = format!(
@@ -615,6 +660,7 @@ pub fn export_site_image_head(
                 ("bridge_embedding", (mix > 0.0).then_some(base_dim)),
                 (features, None),
             ],
+            bag: None,
         },
         head,
         int8,

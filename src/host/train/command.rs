@@ -90,6 +90,7 @@ pub fn run(
         train_pairs: train_pairs.len(),
         val_pairs: val_pairs.len(),
         teacher: None,
+        char_buckets: 0,
     };
     store::save(out, &info, &[&trained.text, &trained.image])?;
     crate::host::plot::training_curve(

@@ -23,6 +23,7 @@ use super::linalg::{Mat, Rng};
 use super::store::{self, HeadsInfo, Teacher};
 use super::{adamw, embed, epochs, loss, Config, Epoch};
 use crate::bundle::Bundle;
+use crate::encoder::char_bag::char_bag;
 use crate::encoder::{Encoder, Outputs};
 use crate::error::Result;
 use crate::host::pairs::{self, Parallel};
@@ -164,17 +165,28 @@ impl epochs::Fit for Towards<'_> {
     }
 }
 
+/// What the student reads: its bundle's sentence embedding, then (when `char_buckets` > 0)
+/// the text's character bag ([`crate::encoder::char_bag`]).
+pub struct Student<'a> {
+    pub bundle: &'a Bundle,
+    pub char_buckets: usize,
+}
+
 /// The `distill` command: parallel files → teacher targets and student inputs (cached) →
 /// head → heads directory (`heads.json` with `teacher`, `heads.bin`, `curve.png`).
 pub fn run(
     teacher: &Bundle,
-    student: &Bundle,
+    student: Student,
     train_paths: &[PathBuf],
     val_paths: &[PathBuf],
     out: &Path,
     cache_dir: Option<&Path>,
     cfg: &Config,
 ) -> Result<Distilled> {
+    let Student {
+        bundle: student,
+        char_buckets,
+    } = student;
     let read = |paths: &[PathBuf]| -> Result<Vec<Parallel>> {
         let mut all = Vec::new();
         for p in paths {
@@ -210,13 +222,19 @@ pub fn run(
             cache,
             &format!("teacher: {split} sources"),
         )?;
-        let inputs = embed_cached(
+        let mut inputs = embed_cached(
             s_enc.primary_text(),
             &format!("{} base", student.id_hex()),
             &texts,
             cache,
             &format!("student: {split} texts"),
         )?;
+        if char_buckets > 0 {
+            // the exported graph concatenates in the same order: sentence embedding, bag
+            for (row, text) in inputs.iter_mut().zip(&texts) {
+                row.extend(char_bag(text, char_buckets));
+            }
+        }
         Ok(Rows {
             inputs,
             target_of,
@@ -248,6 +266,7 @@ pub fn run(
             bundle_id: teacher.id_hex(),
             bundle: teacher.dir.display().to_string(),
         }),
+        char_buckets,
     };
     store::save(out, &info, &[&d.head])?;
     crate::host::plot::training_curve(&d.history, d.best_epoch, &out.join("curve.png"))?;

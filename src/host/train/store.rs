@@ -27,6 +27,14 @@ pub struct HeadsInfo {
     /// bundle. `base_bundle` is then the student whose sentence embeddings the head reads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub teacher: Option<Teacher>,
+    /// A distilled head that also reads the text's character bag: its width
+    /// ([`crate::encoder::char_bag`]; 0: none, `text_input` is the sentence embedding alone).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub char_buckets: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl HeadsInfo {
