@@ -316,21 +316,27 @@ fn folding_4bit_matrices_at_load_changes_no_output() {
         graph_bytes(&folded) > graph_bytes(&proto),
         "f32 replaces the 4-bit blocks"
     );
+    let bag = spec.char_bag.as_ref();
     let plan = |p: &tract_onnx::pb::ModelProto| {
-        onnx.model_for_proto_model(p)
+        let mut names = vec!["input_ids", "attention_mask"];
+        names.extend(bag.map(|b| b.input.as_str()));
+        let mut m = onnx
+            .model_for_proto_model(p)
             .unwrap()
-            .with_input_names(["input_ids", "attention_mask"])
+            .with_input_names(names)
             .unwrap()
             .with_outputs_by_name([spec.output.as_str()])
             .unwrap()
             .with_input_fact(0, i64::fact([1, 9]).into())
             .unwrap()
             .with_input_fact(1, i64::fact([1, 9]).into())
-            .unwrap()
-            .into_optimized()
-            .unwrap()
-            .into_runnable()
-            .unwrap()
+            .unwrap();
+        if let Some(b) = bag {
+            m = m
+                .with_input_fact(2, f32::fact([1, b.buckets]).into())
+                .unwrap();
+        }
+        m.into_optimized().unwrap().into_runnable().unwrap()
     };
     let ids: Vec<i64> = encoder()
         .multilingual()
@@ -345,7 +351,12 @@ fn folding_4bit_matrices_at_load_changes_no_output() {
     let run = |p: &moonlens::encoder::Plan| -> Vec<f32> {
         let ids = Tensor::from_shape(&[1, 9], &ids).unwrap();
         let mask = Tensor::from_shape(&[1, 9], &[1i64; 9]).unwrap();
-        let out = p.run(tvec![ids.into(), mask.into()]).unwrap();
+        let mut inputs = tvec![ids.into(), mask.into()];
+        if let Some(b) = bag {
+            let v = moonlens::encoder::char_bag::char_bag("满月旁边的兔子", b.buckets);
+            inputs.push(Tensor::from_shape(&[1, b.buckets], &v).unwrap().into());
+        }
+        let out = p.run(inputs).unwrap();
         out[0]
             .to_plain_array_view::<f32>()
             .unwrap()
@@ -361,7 +372,7 @@ fn folding_4bit_matrices_at_load_changes_no_output() {
 /// Chinese queries go through the multilingual tower, English ones stay on the English
 /// tower; on the Tux Paint test split's Chinese captions the multilingual tower reaches a
 /// recall the English tower cannot (measured: R@10 0.692 vs 0.356 for English-only towers,
-/// R@1 0.260 vs 0.115; see models/README.md), and English recall is the English tower's
+/// R@1 0.288 vs 0.115; see models/README.md), and English recall is the English tower's
 /// (0.283 / 0.770: lower at R@1 than the stamps-only default's 0.372, the price of the
 /// query wording and the drawings chosen on photo-weighted validation, models/README.md).
 #[test]
@@ -375,8 +386,27 @@ fn chinese_captions_find_their_stamps() {
     let zh = moonlens::host::eval::eval(enc, &data_dir().join("pairs/test_zh_CN.jsonl")).unwrap();
     let en = moonlens::host::eval::eval(enc, &data_dir().join("pairs/test.jsonl")).unwrap();
     let (zh, en) = (zh.overall, en.overall);
-    assert!(zh.r1 >= 0.19 && zh.r10 >= 0.65, "{zh:?}");
+    assert!(zh.r1 >= 0.24 && zh.r10 >= 0.65, "{zh:?}");
     assert!(en.r1 >= 0.25 && en.r10 >= 0.74, "{en:?}");
+}
+
+/// The default's multilingual head also reads each query's CJK characters
+/// (`encoder::char_bag`): traditional Chinese, Japanese and Korean captions of the Tux Paint
+/// test split are found far more often than by the same head without it (measured R@1
+/// 0.297 / 0.177 / 0.205 against 0.198 / 0.124 / 0.143, models/README.md "A character bag").
+#[test]
+fn the_character_bag_carries_cjk_queries() {
+    let enc = encoder();
+    let spec = default_bundle().manifest.multilingual.clone().unwrap();
+    assert_eq!(spec.char_bag.map(|b| b.buckets), Some(4096));
+    let r1 = |split: &str| {
+        moonlens::host::eval::eval(enc, &data_dir().join(format!("pairs/test_{split}.jsonl")))
+            .unwrap()
+            .overall
+            .r1
+    };
+    let (tw, ja, ko) = (r1("zh_TW"), r1("ja"), r1("ko"));
+    assert!(tw >= 0.25 && ja >= 0.15 && ko >= 0.17, "{tw} {ja} {ko}");
 }
 
 /// Drawings of concepts no training caption names (openclipart's test concepts, split by

@@ -10,7 +10,7 @@
 # in WordNet (fetch-train-data.sh, parallel.py), added as the bundle's
 # [multilingual] tower -> models/default (see models/README.md). Plus the f32 twin and the
 # other variants of the tables in models/README.md under models/build/.
-# Usage: models/convert/train-default.sh     (about 140 minutes on 2 cores after downloads)
+# Usage: models/convert/train-default.sh     (about 200 minutes on 2 cores after downloads)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
@@ -78,13 +78,25 @@ $host distill --teacher $english --student models/build/bridge-e5-pruned-int8 --
   --val $pairs/val_parallel.jsonl,$pairs/things_parallel_val.jsonl --out models/build/distill-e5 --seed 1
 $host export --heads models/build/distill-e5 --teacher $english \
   --bundle models/build/bridge-e5-pruned-int8 --int8 --out models/build/default-things-parallel
-# the default's: + dictionary-scale Chinese (30k lines; about 60 minutes on 2 cores)
+# the previous default's: + dictionary-scale Chinese (30k lines; about 60 minutes on 2 cores)
+dictpairs=$pairs/train_parallel.jsonl,$pairs/things_parallel_train.jsonl,$pairs/dict_parallel_train.jsonl
 $host distill --teacher $english --student models/build/bridge-e5-pruned-int8 --blocks 2 \
-  --pairs $pairs/train_parallel.jsonl,$pairs/things_parallel_train.jsonl,$pairs/dict_parallel_train.jsonl \
+  --pairs $dictpairs \
   --val $pairs/val_parallel.jsonl,$pairs/things_parallel_val.jsonl --out models/build/distill-e5-dict --seed 1
-rm -rf models/default
 $host export --heads models/build/distill-e5-dict --teacher $english \
+  --bundle models/build/bridge-e5-pruned-int8 --int8 --out models/build/default-dict
+# the default's: the same lines, the head also reading each text's CJK character bag
+# (4096 slots; about 60 minutes on 2 cores)
+$host distill --teacher $english --student models/build/bridge-e5-pruned-int8 --blocks 2 \
+  --char-buckets 4096 --pairs $dictpairs \
+  --val $pairs/val_parallel.jsonl,$pairs/things_parallel_val.jsonl \
+  --out models/build/distill-e5-dict-chars4096 --seed 1
+rm -rf models/default
+$host export --heads models/build/distill-e5-dict-chars4096 --teacher $english \
   --bundle models/build/bridge-e5-pruned-int8 --int8 --out models/default
+# its f32-head twin (the same E5 graph, whose 4-bit blocks are exact): the int8 check
+$host export --heads models/build/distill-e5-dict-chars4096 --teacher $english \
+  --bundle models/build/bridge-e5-pruned-int8 --out models/build/default-chars-f32head
 # ablation: the new English tower, distilled from the stamp translations only
 $host distill --teacher $english --student models/build/bridge-e5-pruned-int8 --blocks 2 \
   --pairs $pairs/train_parallel.jsonl --val $pairs/val_parallel.jsonl \
@@ -102,5 +114,5 @@ $host export --heads models/build/heads-oc-pp-lite1 --bundle models/build/bridge
 cp models/build/heads-oc-pp/curve.png models/default-training-curve.png
 models/convert/mid-autumn-probe.sh models/build/previous-default
 models/convert/mid-autumn-probe.sh models/default
-cp models/build/distill-e5-dict/curve.png models/default-distillation-curve.png
+cp models/build/distill-e5-dict-chars4096/curve.png models/default-distillation-curve.png
 echo "models/default rebuilt; evaluate with: $host eval --bundle models/default --pairs $pairs/test.jsonl"

@@ -573,8 +573,14 @@ pub fn export_multilingual(
         if int8 { "int8" } else { "f32" }
     );
     manifest.description = format!(
-        "{}; queries in other languages through {} with a head distilled from the English tower",
-        tm.description, student.manifest.name
+        "{}; queries in other languages through {} with a head distilled from the English tower{}",
+        tm.description,
+        student.manifest.name,
+        if heads.info.char_buckets > 0 {
+            ", reading also the query's CJK characters"
+        } else {
+            ""
+        }
     );
     let best = heads.info.best();
     let mut d = toml::Table::new();
@@ -585,6 +591,12 @@ pub fn export_multilingual(
     );
     d.insert("teacher".into(), t.bundle_id.clone().into());
     d.insert("blocks".into(), (heads.info.config.blocks as i64).into());
+    if heads.info.char_buckets > 0 {
+        d.insert(
+            "char_buckets".into(),
+            (heads.info.char_buckets as i64).into(),
+        );
+    }
     d.insert("best_epoch".into(), (heads.info.best_epoch as i64).into());
     if let Some(b) = best {
         d.insert("val_cosine_distance".into(), b.val_loss.into());
