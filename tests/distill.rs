@@ -112,6 +112,18 @@ fn distill_export_route_with(char_buckets: usize) {
             .to_string();
     assert!(err.contains("distill again"), "{err}");
 
+    if char_buckets > 0 {
+        // heads.json whose bag is as wide as the whole input: refused, nothing written
+        let mut damaged = store::load(&heads_dir).unwrap();
+        damaged.info.char_buckets = damaged.info.text_input;
+        let out = d.join("damaged-out");
+        let err =
+            moonlens::host::export::export_multilingual(&damaged, &teacher, &teacher, &out, true)
+                .err()
+                .unwrap()
+                .to_string();
+        assert!(err.contains("damaged") && !out.exists(), "{err}");
+    }
     let student = Encoder::load_outputs(&teacher, Outputs::Base).unwrap();
     let teacher_enc = Encoder::load(&teacher).unwrap();
     for (int8, min_cos) in [(false, 0.9999), (true, 0.999)] {

@@ -509,6 +509,15 @@ pub fn export_multilingual(
             student.dir.display()
         );
     }
+    if heads.info.char_buckets >= heads.info.text_input {
+        crate::bail!(
+            "{}: heads.json says the head reads {} values of which {} are the character bag; \
+             the heads are damaged: distill again",
+            heads.name,
+            heads.info.text_input,
+            heads.info.char_buckets
+        );
+    }
     let tm = &teacher.manifest;
     if heads.text.dim() != tm.dim {
         crate::bail!(
