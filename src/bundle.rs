@@ -130,6 +130,9 @@ pub struct TextTower {
 pub struct CharBagInput {
     pub input: String,
     pub buckets: usize,
+    /// also every other word's character trigrams ([`crate::encoder::char_bag::text_bag`])
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub trigrams: bool,
 }
 
 impl ImageTower {

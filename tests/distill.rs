@@ -9,7 +9,7 @@
 mod common;
 use common::*;
 use moonlens::bundle::Bundle;
-use moonlens::encoder::char_bag::char_bag;
+use moonlens::encoder::char_bag::text_bag;
 use moonlens::encoder::{Encoder, Outputs};
 use moonlens::host::train::{distill, embed, store, Config};
 use std::io::Write;
@@ -51,7 +51,7 @@ fn renamed_copy(bundle: &Bundle, dir: &Path) -> Bundle {
 
 #[test]
 fn distill_export_route() {
-    distill_export_route_with(0);
+    distill_export_route_with(0, false);
 }
 
 /// The same with the character bag as a second input: the exported graph takes it as
@@ -59,11 +59,17 @@ fn distill_export_route() {
 /// forward pass (on the sentence embedding followed by the bag).
 #[test]
 fn distill_export_route_with_a_character_bag() {
-    distill_export_route_with(512);
+    distill_export_route_with(512, false);
 }
 
-fn distill_export_route_with(char_buckets: usize) {
-    let d = tempdir(&format!("distill-e2e-{char_buckets}"));
+/// The same with the bag also holding other words' character trigrams ("Un lapin." below).
+#[test]
+fn distill_export_route_with_a_bag_of_trigrams() {
+    distill_export_route_with(512, true);
+}
+
+fn distill_export_route_with(char_buckets: usize, char_trigrams: bool) {
+    let d = tempdir(&format!("distill-e2e-{char_buckets}-{char_trigrams}"));
     let langs = ["fr", "de", "es", "zh_CN"];
     let tr = slice("train", &langs, 240, &d);
     let va = slice("val", &langs, 60, &d);
@@ -79,6 +85,7 @@ fn distill_export_route_with(char_buckets: usize) {
         distill::Student {
             bundle: &teacher,
             char_buckets,
+            char_trigrams,
         },
         &[tr],
         &[va],
@@ -98,6 +105,7 @@ fn distill_export_route_with(char_buckets: usize) {
     let heads = store::load(&heads_dir).unwrap();
     assert!(heads.image.is_none() && heads.info.teacher.is_some());
     assert_eq!(heads.info.char_buckets, char_buckets);
+    assert_eq!(heads.info.char_trigrams, char_trigrams);
     assert_eq!(heads.text.input(), 384 + char_buckets);
     let err = moonlens::host::export::export(&heads, &teacher, &d.join("x"), true, 0.0)
         .err()
@@ -136,8 +144,8 @@ fn distill_export_route_with(char_buckets: usize) {
             .as_ref()
             .expect("a [multilingual] tower");
         assert_eq!(
-            tower.char_bag.as_ref().map(|c| c.buckets),
-            (char_buckets > 0).then_some(char_buckets)
+            tower.char_bag.as_ref().map(|c| (c.buckets, c.trigrams)),
+            (char_buckets > 0).then_some((char_buckets, char_trigrams))
         );
         // the manifest says it in words a reader (and an older build) sees
         let written = std::fs::read_to_string(b.path("bundle.toml")).unwrap();
@@ -162,7 +170,7 @@ fn distill_export_route_with(char_buckets: usize) {
         // the exported tower = the training forward pass on the student's embedding
         for q in ["兔子", "Un lapin.", "月亮和灯笼"] {
             let mut input = student.embed_text(q).unwrap();
-            input.extend(char_bag(q, char_buckets));
+            input.extend(text_bag(q, char_buckets, char_trigrams));
             let want = embed(&heads.text, &[input]).remove(0);
             let got = multi.embed(q).unwrap();
             assert_eq!(got.len(), teacher.manifest.dim);

@@ -54,6 +54,7 @@ fn run(cmd: Cmd) -> Result<()> {
             teacher,
             student,
             char_buckets,
+            char_trigrams,
             training,
         } => {
             let t = train::distill::run(
@@ -61,6 +62,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 train::distill::Student {
                     bundle: &Bundle::open(student)?,
                     char_buckets,
+                    char_trigrams,
                 },
                 &training.pairs,
                 &training.val,

@@ -12,7 +12,9 @@
 //! What: every maximal run of CJK characters (ideographs, kana, hangul) gives its characters
 //! and its adjacent pairs; each is hashed (FNV-1a, 64 bit, of its UTF-8 bytes) into one of
 //! `buckets` counters; the counts are L2-normalized. Text without such characters gives
-//! the zero vector, so English and other scripts read the sentence embedding alone. The
+//! the zero vector, so English and other scripts read the sentence embedding alone, unless
+//! the bag also takes every other word's character trigrams ([`text_bag`], measured as the
+//! next step for Cyrillic, Arabic and Latin scripts in models/README.md). The
 //! same function feeds training (`distill --char-buckets`) and every query, so the two
 //! cannot disagree.
 
@@ -36,11 +38,31 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 
 /// The L2-normalized bag of `text`'s CJK characters and adjacent pairs in `buckets` slots.
 pub fn char_bag(text: &str, buckets: usize) -> Vec<f32> {
+    text_bag(text, buckets, false)
+}
+
+/// [`char_bag`], plus (`trigrams`) the character trigrams of every other word, lower-cased,
+/// with `<` and `>` at its ends (fastText's subwords), hashed into the same slots.
+pub fn text_bag(text: &str, buckets: usize, trigrams: bool) -> Vec<f32> {
     let mut bag = vec![0f32; buckets];
     if buckets == 0 {
         return bag;
     }
     let mut add = |s: &str| bag[(fnv1a(s.as_bytes()) % buckets as u64) as usize] += 1.0;
+    if trigrams {
+        for word in text.split(|c: char| !c.is_alphabetic() || is_cjk(c)) {
+            if word.is_empty() {
+                continue;
+            }
+            let w: Vec<char> = std::iter::once('<')
+                .chain(word.chars().flat_map(char::to_lowercase))
+                .chain(std::iter::once('>'))
+                .collect();
+            for t in w.windows(3) {
+                add(&t.iter().collect::<String>());
+            }
+        }
+    }
     let mut prev: Option<(usize, char)> = None;
     for (i, c) in text.char_indices() {
         if !is_cjk(c) {
@@ -95,6 +117,23 @@ mod tests {
         let small = char_bag("兔子在月亮上面。うさぎ 토끼", 64);
         let norm: f32 = small.iter().map(|x| x * x).sum::<f32>().sqrt();
         assert!((norm - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn trigrams_of_other_words_join_the_bag() {
+        let n = 1 << 20;
+        let bag = text_bag("Un Lapin 兔", n, true);
+        let grams = ["<un", "un>", "<la", "lap", "api", "pin", "in>", "兔"];
+        let nonzero = bag.iter().filter(|&&x| x != 0.0).count();
+        assert_eq!(nonzero, grams.len());
+        for g in grams {
+            assert!(bag[slot(g, n)] > 0.0, "{g}");
+        }
+        // without trigrams: the CJK bag alone
+        assert_eq!(
+            text_bag("Un Lapin 兔", n, false),
+            char_bag("Un Lapin 兔", n)
+        );
     }
 
     #[test]

@@ -42,6 +42,9 @@ pub enum Cmd {
         /// many slots (0: the sentence embedding alone; models/README.md, "A character bag")
         #[arg(long, value_name = "N", default_value_t = 0)]
         char_buckets: usize,
+        /// The bag also holds every other word's character trigrams
+        #[arg(long, requires = "char_buckets")]
+        char_trigrams: bool,
         #[command(flatten)]
         training: Training,
     },

@@ -572,6 +572,7 @@ pub fn export_multilingual(
         char_bag: (heads.info.char_buckets > 0).then(|| crate::bundle::CharBagInput {
             input: CHAR_BAG.into(),
             buckets: heads.info.char_buckets,
+            trigrams: heads.info.char_trigrams,
         }),
         ..sm.clone()
     });

@@ -23,7 +23,7 @@ use super::linalg::{Mat, Rng};
 use super::store::{self, HeadsInfo, Teacher};
 use super::{adamw, embed, epochs, loss, Config, Epoch};
 use crate::bundle::Bundle;
-use crate::encoder::char_bag::char_bag;
+use crate::encoder::char_bag::text_bag;
 use crate::encoder::{Encoder, Outputs};
 use crate::error::Result;
 use crate::host::pairs::{self, Parallel};
@@ -170,6 +170,7 @@ impl epochs::Fit for Towards<'_> {
 pub struct Student<'a> {
     pub bundle: &'a Bundle,
     pub char_buckets: usize,
+    pub char_trigrams: bool,
 }
 
 /// The `distill` command: parallel files → teacher targets and student inputs (cached) →
@@ -186,6 +187,7 @@ pub fn run(
     let Student {
         bundle: student,
         char_buckets,
+        char_trigrams,
     } = student;
     let read = |paths: &[PathBuf]| -> Result<Vec<Parallel>> {
         let mut all = Vec::new();
@@ -232,7 +234,7 @@ pub fn run(
         if char_buckets > 0 {
             // the exported graph concatenates in the same order: sentence embedding, bag
             for (row, text) in inputs.iter_mut().zip(&texts) {
-                row.extend(char_bag(text, char_buckets));
+                row.extend(text_bag(text, char_buckets, char_trigrams));
             }
         }
         Ok(Rows {
@@ -267,6 +269,7 @@ pub fn run(
             bundle: teacher.dir.display().to_string(),
         }),
         char_buckets,
+        char_trigrams,
     };
     store::save(out, &info, &[&d.head])?;
     crate::host::plot::training_curve(&d.history, d.best_epoch, &out.join("curve.png"))?;

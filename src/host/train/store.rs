@@ -31,6 +31,9 @@ pub struct HeadsInfo {
     /// ([`crate::encoder::char_bag`]; 0: none, `text_input` is the sentence embedding alone).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub char_buckets: usize,
+    /// the bag also holds other words' character trigrams
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub char_trigrams: bool,
 }
 
 fn is_zero(n: &usize) -> bool {
