@@ -130,7 +130,7 @@ pub struct TextTower {
 pub struct CharBagInput {
     pub input: String,
     pub buckets: usize,
-    /// also every other word's character trigrams ([`crate::encoder::char_bag::text_bag`])
+    /// also every other word's character trigrams ([`crate::encoder::char_bag::char_bag`])
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub trigrams: bool,
 }

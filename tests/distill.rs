@@ -9,7 +9,7 @@
 mod common;
 use common::*;
 use moonlens::bundle::Bundle;
-use moonlens::encoder::char_bag::text_bag;
+use moonlens::encoder::char_bag::char_bag;
 use moonlens::encoder::{Encoder, Outputs};
 use moonlens::host::train::{distill, embed, store, Config};
 use std::io::Write;
@@ -170,7 +170,7 @@ fn distill_export_route_with(char_buckets: usize, char_trigrams: bool) {
         // the exported tower = the training forward pass on the student's embedding
         for q in ["兔子", "Un lapin.", "月亮和灯笼"] {
             let mut input = student.embed_text(q).unwrap();
-            input.extend(text_bag(q, char_buckets, char_trigrams));
+            input.extend(char_bag(q, char_buckets, char_trigrams));
             let want = embed(&heads.text, &[input]).remove(0);
             let got = multi.embed(q).unwrap();
             assert_eq!(got.len(), teacher.manifest.dim);

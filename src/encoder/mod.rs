@@ -463,7 +463,7 @@ impl TextEncoder {
             );
         }
         if let Some(b) = &self.spec.char_bag {
-            let bag = char_bag::text_bag(text, b.buckets, b.trigrams);
+            let bag = char_bag::char_bag(text, b.buckets, b.trigrams);
             inputs.push(
                 Tensor::from_shape(&[1, b.buckets], &bag)
                     .context("character bag tensor")?

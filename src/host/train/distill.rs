@@ -23,7 +23,7 @@ use super::linalg::{Mat, Rng};
 use super::store::{self, HeadsInfo, Teacher};
 use super::{adamw, embed, epochs, loss, Config, Epoch};
 use crate::bundle::Bundle;
-use crate::encoder::char_bag::text_bag;
+use crate::encoder::char_bag::char_bag;
 use crate::encoder::{Encoder, Outputs};
 use crate::error::Result;
 use crate::host::pairs::{self, Parallel};
@@ -234,7 +234,7 @@ pub fn run(
         if char_buckets > 0 {
             // the exported graph concatenates in the same order: sentence embedding, bag
             for (row, text) in inputs.iter_mut().zip(&texts) {
-                row.extend(text_bag(text, char_buckets, char_trigrams));
+                row.extend(char_bag(text, char_buckets, char_trigrams));
             }
         }
         Ok(Rows {
