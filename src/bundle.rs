@@ -124,15 +124,29 @@ pub struct TextTower {
     pub char_bag: Option<CharBagInput>,
 }
 
-/// `[multilingual.char_bag]`: the graph input that takes the bag, and its width.
+/// `[multilingual.char_bag]`: the graph input that takes the bag, and its shape.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CharBagInput {
     pub input: String,
+    /// slots for CJK characters and pairs
     pub buckets: usize,
-    /// also every other word's character trigrams ([`crate::encoder::char_bag::char_bag`])
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub trigrams: bool,
+    /// slots after those for every other word's character trigrams (0: none)
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub trigram_buckets: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+impl CharBagInput {
+    pub fn shape(&self) -> crate::encoder::char_bag::CharBag {
+        crate::encoder::char_bag::CharBag {
+            buckets: self.buckets,
+            trigram_buckets: self.trigram_buckets,
+        }
+    }
 }
 
 impl ImageTower {
@@ -315,4 +329,23 @@ pub fn unhex(s: &str) -> Option<[u8; 32]> {
 
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CharBagInput;
+
+    #[test]
+    fn a_char_bag_reads_its_slots_and_refuses_the_shared_trigram_layout() {
+        let bag: CharBagInput =
+            toml::from_str("input = \"char_bag\"\nbuckets = 4096\ntrigram_buckets = 1024").unwrap();
+        assert_eq!((bag.shape().buckets, bag.shape().width()), (4096, 5120));
+        let cjk: CharBagInput = toml::from_str("input = \"char_bag\"\nbuckets = 64").unwrap();
+        assert_eq!(cjk.shape().width(), 64);
+        // stop 9's experiment: trigrams in the CJK slots; its graphs expect another bag
+        let e = toml::from_str::<CharBagInput>("input = \"c\"\nbuckets = 64\ntrigrams = true")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("trigrams"), "{e}");
+    }
 }

@@ -9,7 +9,7 @@
 mod common;
 use common::*;
 use moonlens::bundle::Bundle;
-use moonlens::encoder::char_bag::char_bag;
+use moonlens::encoder::char_bag::CharBag;
 use moonlens::encoder::{Encoder, Outputs};
 use moonlens::host::train::{distill, embed, store, Config};
 use std::io::Write;
@@ -51,7 +51,7 @@ fn renamed_copy(bundle: &Bundle, dir: &Path) -> Bundle {
 
 #[test]
 fn distill_export_route() {
-    distill_export_route_with(0, false);
+    distill_export_route_with(CharBag::default());
 }
 
 /// The same with the character bag as a second input: the exported graph takes it as
@@ -59,17 +59,27 @@ fn distill_export_route() {
 /// forward pass (on the sentence embedding followed by the bag).
 #[test]
 fn distill_export_route_with_a_character_bag() {
-    distill_export_route_with(512, false);
+    distill_export_route_with(CharBag {
+        buckets: 512,
+        trigram_buckets: 0,
+    });
 }
 
-/// The same with the bag also holding other words' character trigrams ("Un lapin." below).
+/// The same with the bag also holding other words' character trigrams in slots of their
+/// own ("Un lapin." below).
 #[test]
 fn distill_export_route_with_a_bag_of_trigrams() {
-    distill_export_route_with(512, true);
+    distill_export_route_with(CharBag {
+        buckets: 512,
+        trigram_buckets: 256,
+    });
 }
 
-fn distill_export_route_with(char_buckets: usize, char_trigrams: bool) {
-    let d = tempdir(&format!("distill-e2e-{char_buckets}-{char_trigrams}"));
+fn distill_export_route_with(bag: CharBag) {
+    let d = tempdir(&format!(
+        "distill-e2e-{}-{}",
+        bag.buckets, bag.trigram_buckets
+    ));
     let langs = ["fr", "de", "es", "zh_CN"];
     let tr = slice("train", &langs, 240, &d);
     let va = slice("val", &langs, 60, &d);
@@ -84,8 +94,7 @@ fn distill_export_route_with(char_buckets: usize, char_trigrams: bool) {
         &teacher,
         distill::Student {
             bundle: &teacher,
-            char_buckets,
-            char_trigrams,
+            char_bag: bag,
         },
         &[tr],
         &[va],
@@ -104,9 +113,8 @@ fn distill_export_route_with(char_buckets: usize, char_trigrams: bool) {
 
     let heads = store::load(&heads_dir).unwrap();
     assert!(heads.image.is_none() && heads.info.teacher.is_some());
-    assert_eq!(heads.info.char_buckets, char_buckets);
-    assert_eq!(heads.info.char_trigrams, char_trigrams);
-    assert_eq!(heads.text.input(), 384 + char_buckets);
+    assert_eq!(heads.info.char_bag(), bag);
+    assert_eq!(heads.text.input(), 384 + bag.width());
     let err = moonlens::host::export::export(&heads, &teacher, &d.join("x"), true, 0.0)
         .err()
         .unwrap()
@@ -120,7 +128,7 @@ fn distill_export_route_with(char_buckets: usize, char_trigrams: bool) {
             .to_string();
     assert!(err.contains("distill again"), "{err}");
 
-    if char_buckets > 0 {
+    if bag.width() > 0 {
         // heads.json whose bag is as wide as the whole input: refused, nothing written
         let mut damaged = store::load(&heads_dir).unwrap();
         damaged.info.char_buckets = damaged.info.text_input;
@@ -144,15 +152,12 @@ fn distill_export_route_with(char_buckets: usize, char_trigrams: bool) {
             .as_ref()
             .expect("a [multilingual] tower");
         assert_eq!(
-            tower.char_bag.as_ref().map(|c| (c.buckets, c.trigrams)),
-            (char_buckets > 0).then_some((char_buckets, char_trigrams))
+            tower.char_bag.as_ref().map(|c| c.shape()),
+            (bag.width() > 0).then_some(bag)
         );
         // the manifest says it in words a reader (and an older build) sees
         let written = std::fs::read_to_string(b.path("bundle.toml")).unwrap();
-        assert_eq!(
-            written.contains("[multilingual.char_bag]"),
-            char_buckets > 0
-        );
+        assert_eq!(written.contains("[multilingual.char_bag]"), bag.width() > 0);
         let enc = Encoder::load(&b).unwrap();
         let multi = enc.multilingual().expect("a multilingual tower");
         // routing: Chinese and accented Latin go to the distilled tower, English stays
@@ -170,7 +175,7 @@ fn distill_export_route_with(char_buckets: usize, char_trigrams: bool) {
         // the exported tower = the training forward pass on the student's embedding
         for q in ["兔子", "Un lapin.", "月亮和灯笼"] {
             let mut input = student.embed_text(q).unwrap();
-            input.extend(char_bag(q, char_buckets, char_trigrams));
+            input.extend(bag.bag(q));
             let want = embed(&heads.text, &[input]).remove(0);
             let got = multi.embed(q).unwrap();
             assert_eq!(got.len(), teacher.manifest.dim);
@@ -193,4 +198,48 @@ fn a_multilingual_tower_without_a_hash_is_refused() {
     std::fs::write(b.path("bundle.toml"), toml::to_string(&m).unwrap()).unwrap();
     let err = Bundle::open(&d).err().unwrap().to_string();
     assert!(err.contains("no entry for multilingual.onnx"), "{err}");
+}
+
+/// The sentence cache is per tower and per text: a longer list computes only its new texts,
+/// and what comes back is what the tower says, in the order asked.
+#[test]
+fn the_sentence_cache_grows_by_the_new_texts_only() {
+    use moonlens::host::sentences::embed_cached;
+    let d = tempdir("sentence-cache");
+    let b = default_bundle();
+    let enc = Encoder::load(&b).unwrap();
+    let tower = enc.primary_text();
+    let texts: Vec<String> = ["a rabbit", "the full moon", "a rabbit"]
+        .map(String::from)
+        .to_vec();
+    let first = embed_cached(tower, "t", &texts, &d, "test").unwrap();
+    for (t, row) in texts.iter().zip(&first) {
+        assert_eq!(row, &tower.embed(t).unwrap(), "{t}");
+    }
+    let files = || -> Vec<PathBuf> {
+        std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
+    };
+    let [file] = files().try_into().unwrap();
+    let size = std::fs::metadata(&file).unwrap().len();
+    // two distinct texts: header 48 + 2 x (16 + 4 x dim)
+    assert_eq!(size, 48 + 2 * (16 + 4 * first[0].len() as u64));
+    let more: Vec<String> = ["a lantern", "the full moon", "a rabbit"]
+        .map(String::from)
+        .to_vec();
+    let second = embed_cached(tower, "t", &more, &d, "test").unwrap();
+    assert_eq!(second[1], first[1]);
+    assert_eq!(second[2], first[0]);
+    assert_eq!(second[0], tower.embed("a lantern").unwrap());
+    let [same] = files().try_into().unwrap();
+    assert_eq!(same, file);
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().len(),
+        48 + 3 * (16 + 4 * first[0].len() as u64)
+    );
+    // another tag: another file, nothing shared
+    embed_cached(tower, "u", &texts[..1], &d, "test").unwrap();
+    assert_eq!(files().len(), 2);
 }

@@ -353,8 +353,8 @@ fn folding_4bit_matrices_at_load_changes_no_output() {
         let mask = Tensor::from_shape(&[1, 9], &[1i64; 9]).unwrap();
         let mut inputs = tvec![ids.into(), mask.into()];
         if let Some(b) = bag {
-            let v = moonlens::encoder::char_bag::char_bag("满月旁边的兔子", b.buckets, b.trigrams);
-            inputs.push(Tensor::from_shape(&[1, b.buckets], &v).unwrap().into());
+            let v = b.shape().bag("满月旁边的兔子");
+            inputs.push(Tensor::from_shape(&[1, v.len()], &v).unwrap().into());
         }
         let out = p.run(inputs).unwrap();
         out[0]

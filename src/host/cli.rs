@@ -42,9 +42,10 @@ pub enum Cmd {
         /// many slots (0: the sentence embedding alone; models/README.md, "A character bag")
         #[arg(long, value_name = "N", default_value_t = 0)]
         char_buckets: usize,
-        /// The bag also holds every other word's character trigrams
-        #[arg(long, requires = "char_buckets")]
-        char_trigrams: bool,
+        /// Also read every other word's character trigrams, hashed into this many slots of
+        /// their own after the CJK ones (0: none)
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        char_trigram_buckets: usize,
         #[command(flatten)]
         training: Training,
     },
@@ -202,10 +203,10 @@ pub struct Training {
     #[arg(long, default_value_t = train::Config::default().weight_decay)]
     pub weight_decay: f64,
     /// Pairs per batch
-    #[arg(long, default_value_t = train::Config::default().batch)]
+    #[arg(long, default_value_t = train::Config::default().batch, value_parser = at_least_one)]
     pub batch: usize,
     /// At most this many epochs
-    #[arg(long, default_value_t = train::Config::default().max_epochs)]
+    #[arg(long, default_value_t = train::Config::default().max_epochs, value_parser = at_least_one)]
     pub epochs: usize,
     /// Early stopping: epochs without a better validation loss
     #[arg(long, default_value_t = train::Config::default().patience)]
@@ -216,6 +217,15 @@ pub struct Training {
     /// Cache of the frozen encoders' outputs (reused across runs)
     #[arg(long, value_name = "DIR")]
     pub cache: Option<PathBuf>,
+}
+
+/// A count that must not be 0: no epochs would write an untrained head as if trained.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 impl Training {
@@ -563,6 +573,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("--pairs"), "{e}");
+        for flag in ["--epochs", "--batch"] {
+            let args = [
+                "train", "--pairs", "a", "--val", "v", "--out", "o", flag, "0",
+            ];
+            let e = parse(&args).unwrap_err().to_string();
+            assert!(e.contains(flag) && e.contains("at least 1"), "{e}");
+        }
         // each form of train refuses the other's options
         let site = [
             "train",

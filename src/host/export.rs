@@ -509,13 +509,14 @@ pub fn export_multilingual(
             student.dir.display()
         );
     }
-    if heads.info.char_buckets >= heads.info.text_input {
+    let bag = heads.info.char_bag();
+    if bag.width() >= heads.info.text_input {
         crate::bail!(
             "{}: heads.json says the head reads {} values of which {} are the character bag; \
              the heads are damaged: distill again",
             heads.name,
             heads.info.text_input,
-            heads.info.char_buckets
+            bag.width()
         );
     }
     let tm = &teacher.manifest;
@@ -551,9 +552,9 @@ pub fn export_multilingual(
             input: sm.base(),
             keep: vec![(
                 "sentence_embedding",
-                Some(heads.info.text_input - heads.info.char_buckets),
+                Some(heads.info.text_input - bag.width()),
             )],
-            bag: (heads.info.char_buckets > 0).then_some((CHAR_BAG, heads.info.char_buckets)),
+            bag: (bag.width() > 0).then_some((CHAR_BAG, bag.width())),
         },
         &heads.text,
         int8,
@@ -569,10 +570,10 @@ pub fn export_multilingual(
         tokenizer: tokenizer_file.into(),
         output: "embedding".into(),
         base_output: Some("sentence_embedding".into()),
-        char_bag: (heads.info.char_buckets > 0).then(|| crate::bundle::CharBagInput {
+        char_bag: (bag.width() > 0).then(|| crate::bundle::CharBagInput {
             input: CHAR_BAG.into(),
-            buckets: heads.info.char_buckets,
-            trigrams: heads.info.char_trigrams,
+            buckets: bag.buckets,
+            trigram_buckets: bag.trigram_buckets,
         }),
         ..sm.clone()
     });
@@ -586,10 +587,11 @@ pub fn export_multilingual(
         "{}; queries in other languages through {} with a head distilled from the English tower{}",
         tm.description,
         student.manifest.name,
-        if heads.info.char_buckets > 0 {
-            ", reading also the query's CJK characters"
-        } else {
-            ""
+        match (bag.buckets > 0, bag.trigram_buckets > 0) {
+            (true, true) => ", reading also the query's CJK characters and character trigrams",
+            (true, false) => ", reading also the query's CJK characters",
+            (false, true) => ", reading also the query's character trigrams",
+            (false, false) => "",
         }
     );
     let best = heads.info.best();
@@ -601,11 +603,13 @@ pub fn export_multilingual(
     );
     d.insert("teacher".into(), t.bundle_id.clone().into());
     d.insert("blocks".into(), (heads.info.config.blocks as i64).into());
-    if heads.info.char_buckets > 0 {
-        d.insert(
-            "char_buckets".into(),
-            (heads.info.char_buckets as i64).into(),
-        );
+    for (key, n) in [
+        ("char_buckets", bag.buckets),
+        ("char_trigram_buckets", bag.trigram_buckets),
+    ] {
+        if n > 0 {
+            d.insert(key.into(), (n as i64).into());
+        }
     }
     d.insert("best_epoch".into(), (heads.info.best_epoch as i64).into());
     if let Some(b) = best {

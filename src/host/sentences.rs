@@ -2,31 +2,45 @@
 //!
 //! `distill` needs tens of thousands of sentence embeddings (every translation of every
 //! training caption through the student, every English caption through the teacher); at
-//! ~13 ms a sentence that is minutes, so they are kept in a cache file named by a key over
-//! everything the numbers depend on (bundle id, which tower and output, every text).
+//! ~13 ms a sentence that is minutes, so they are kept in a cache file per tower and output
+//! (named by a key over the `tag`: bundle id and output), one row per text, looked up by a
+//! hash of the text. Adding lines to a training file computes only the new ones.
 //!
 //! File layout (u32 and f32 little-endian):
 //!
 //! ```text
-//! 0   8   magic "MLTEXTS1"
-//! 8   32  key
-//! 40  4   texts
+//! 0   8   magic "MLTEXTS2"
+//! 8   32  key: sha256(tag)
+//! 40  4   rows
 //! 44  4   dim
-//! 48      rows[texts][dim]
+//! 48      rows[rows] = { text: sha256(text)[..16], embedding: f32[dim] }
 //! ```
 //!
-//! Written to a temporary name and renamed, so a crash never leaves a half file under the
-//! final name; a file whose size or header disagrees is recomputed.
+//! Written whole to a temporary name and renamed, so a crash never leaves a half file under
+//! the final name; a file whose size or header disagrees is ignored and rewritten.
+//! Caches of the first layout ("MLTEXTS1", one file per exact list of texts) are still read
+//! when they hold exactly the texts asked for, and their rows are carried over.
 
 use super::progress::Progress;
 use crate::encoder::TextEncoder;
 use crate::error::{Context, Result};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 
-const MAGIC: &[u8; 8] = b"MLTEXTS1";
+const MAGIC: &[u8; 8] = b"MLTEXTS2";
+const MAGIC_V1: &[u8; 8] = b"MLTEXTS1";
 const HEADER: usize = 48;
+const TEXT_HASH: usize = 16;
+
+type TextHash = [u8; TEXT_HASH];
+
+fn text_hash(text: &str) -> TextHash {
+    Sha256::digest(text.as_bytes())[..TEXT_HASH]
+        .try_into()
+        .expect("16 bytes")
+}
 
 /// Embeddings of `texts` through `tower`, from `cache_dir` when there. `tag` names the
 /// tower and output in the key (e.g. the bundle id and "final").
@@ -37,33 +51,67 @@ pub fn embed_cached(
     cache_dir: &Path,
     what: &str,
 ) -> Result<Vec<Vec<f32>>> {
-    let mut h = Sha256::new();
-    h.update(tag.as_bytes());
-    h.update([0]);
-    for t in texts {
-        h.update(t.as_bytes());
-        h.update([0]);
-    }
-    let key: [u8; 32] = h.finalize().into();
+    let key: [u8; 32] = Sha256::digest(tag.as_bytes()).into();
     std::fs::create_dir_all(cache_dir)
         .context(format_args!("cannot create {}", cache_dir.display()))?;
-    let path = cache_dir.join(format!("{}.texts", crate::bundle::hex(&key[..12])));
-    if let Some(rows) = read(&path, &key, texts.len()) {
+    let path = cache_dir.join(format!("{}.rows", crate::bundle::hex(&key[..12])));
+    let mut known = read(&path, &key).unwrap_or_default();
+    let before = known.len();
+    let all_known = texts.iter().all(|t| known.contains_key(&text_hash(t)));
+    if let Some(rows) = (!all_known)
+        .then(|| read_v1(cache_dir, tag, texts))
+        .flatten()
+    {
         log::info!(
-            "{what}: {} embeddings reused from {}",
-            rows.len(),
+            "{what}: carrying {} rows over from a first-layout cache",
+            rows.len()
+        );
+        for (t, r) in texts.iter().zip(rows) {
+            known.insert(text_hash(t), r);
+        }
+    }
+    let missing: Vec<String> = {
+        let mut seen = std::collections::HashSet::new();
+        texts
+            .iter()
+            .filter(|t| !known.contains_key(&text_hash(t)) && seen.insert(t.as_str()))
+            .cloned()
+            .collect()
+    };
+    let cached = texts
+        .iter()
+        .filter(|t| known.contains_key(&text_hash(t)))
+        .count();
+    log::info!(
+        "{what}: {cached} of {} embeddings from {}, {} distinct to compute",
+        texts.len(),
+        path.display(),
+        missing.len()
+    );
+    for (t, r) in missing.iter().zip(compute(tower, &missing, what)?) {
+        known.insert(text_hash(t), r);
+    }
+    if known.len() != before {
+        write(&path, &key, &known)?;
+    }
+    Ok(texts.iter().map(|t| known[&text_hash(t)].clone()).collect())
+}
+
+fn write(path: &Path, key: &[u8; 32], rows: &HashMap<TextHash, Vec<f32>>) -> Result<()> {
+    let dim = rows.values().next().map_or(0, Vec::len);
+    if rows.values().any(|r| r.len() != dim) {
+        crate::bail!(
+            "embeddings of different widths for one cache {}",
             path.display()
         );
-        return Ok(rows);
     }
-    let rows = compute(tower, texts, what)?;
-    let dim = rows.first().map_or(0, Vec::len);
-    let mut bytes = Vec::with_capacity(HEADER + 4 * texts.len() * dim);
+    let mut bytes = Vec::with_capacity(HEADER + rows.len() * (TEXT_HASH + 4 * dim));
     bytes.extend_from_slice(MAGIC);
-    bytes.extend_from_slice(&key);
-    bytes.extend_from_slice(&(texts.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(key);
+    bytes.extend_from_slice(&(rows.len() as u32).to_le_bytes());
     bytes.extend_from_slice(&(dim as u32).to_le_bytes());
-    for r in &rows {
+    for (h, r) in rows {
+        bytes.extend_from_slice(h);
         bytes.extend(r.iter().flat_map(|x| x.to_le_bytes()));
     }
     let tmp = path.with_extension("tmp");
@@ -72,25 +120,67 @@ pub fn embed_cached(
     f.write_all(&bytes)
         .and_then(|_| f.sync_all())
         .context(format_args!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).context(format_args!("{}", path.display()))?;
-    Ok(rows)
+    std::fs::rename(&tmp, path).context(format_args!("{}", path.display()))
 }
 
-fn read(path: &Path, key: &[u8; 32], texts: usize) -> Option<Vec<Vec<f32>>> {
+fn u32_at(bytes: &[u8], o: usize) -> usize {
+    u32::from_le_bytes(bytes[o..o + 4].try_into().expect("4 bytes")) as usize
+}
+
+fn floats(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+fn read(path: &Path, key: &[u8; 32]) -> Option<HashMap<TextHash, Vec<f32>>> {
     let bytes = std::fs::read(path).ok()?;
     if bytes.len() < HEADER || &bytes[..8] != MAGIC || &bytes[8..40] != key {
         return None;
     }
-    let u = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().expect("4 bytes")) as usize;
-    let (n, dim) = (u(40), u(44));
-    if n != texts || dim == 0 || bytes.len() != HEADER + 4 * n * dim {
+    let (n, dim) = (u32_at(&bytes, 40), u32_at(&bytes, 44));
+    let row = TEXT_HASH + 4 * dim;
+    if dim == 0 || bytes.len() != HEADER + n * row {
         return None;
     }
-    let floats: Vec<f32> = bytes[HEADER..]
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    Some(floats.chunks(dim).map(<[f32]>::to_vec).collect())
+    Some(
+        bytes[HEADER..]
+            .chunks_exact(row)
+            .map(|r| {
+                let h: TextHash = r[..TEXT_HASH].try_into().expect("16 bytes");
+                (h, floats(&r[TEXT_HASH..]))
+            })
+            .collect(),
+    )
+}
+
+/// The rows of a first-layout cache file for exactly `texts` (its name and key were a hash
+/// over the tag and every text), if one is there and whole.
+fn read_v1(cache_dir: &Path, tag: &str, texts: &[String]) -> Option<Vec<Vec<f32>>> {
+    let mut h = Sha256::new();
+    h.update(tag.as_bytes());
+    h.update([0]);
+    for t in texts {
+        h.update(t.as_bytes());
+        h.update([0]);
+    }
+    let key: [u8; 32] = h.finalize().into();
+    let path = cache_dir.join(format!("{}.texts", crate::bundle::hex(&key[..12])));
+    let bytes = std::fs::read(path).ok()?;
+    if bytes.len() < HEADER || &bytes[..8] != MAGIC_V1 || bytes[8..40] != key {
+        return None;
+    }
+    let (n, dim) = (u32_at(&bytes, 40), u32_at(&bytes, 44));
+    if n != texts.len() || dim == 0 || bytes.len() != HEADER + 4 * n * dim {
+        return None;
+    }
+    Some(
+        floats(&bytes[HEADER..])
+            .chunks(dim)
+            .map(<[f32]>::to_vec)
+            .collect(),
+    )
 }
 
 fn compute(tower: &TextEncoder, texts: &[String], what: &str) -> Result<Vec<Vec<f32>>> {
@@ -129,28 +219,70 @@ fn compute(tower: &TextEncoder, texts: &[String], what: &str) -> Result<Vec<Vec<
 mod tests {
     use super::*;
 
+    fn rows(pairs: &[(&str, [f32; 3])]) -> HashMap<TextHash, Vec<f32>> {
+        pairs
+            .iter()
+            .map(|(t, r)| (text_hash(t), r.to_vec()))
+            .collect()
+    }
+
     #[test]
-    fn a_damaged_cache_file_is_not_read() {
+    fn the_cache_round_trips_and_a_damaged_file_is_not_read() {
         let dir = std::env::temp_dir().join(format!("moonlens-texts-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("x.texts");
+        let path = dir.join("x.rows");
         let key = [7u8; 32];
-        let mut bytes = MAGIC.to_vec();
+        let want = rows(&[("a rabbit", [1., 2., 3.]), ("兔子", [4., 5., 6.])]);
+        write(&path, &key, &want).unwrap();
+        assert_eq!(read(&path, &key).unwrap(), want);
+        assert!(read(&path, &[8u8; 32]).is_none(), "other key");
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 4]).unwrap();
+        assert!(read(&path, &key).is_none(), "truncated");
+        let mut other_magic = bytes.clone();
+        other_magic[..8].copy_from_slice(MAGIC_V1);
+        std::fs::write(&path, &other_magic).unwrap();
+        assert!(
+            read(&path, &key).is_none(),
+            "first layout under the new name"
+        );
+        // rows of two widths are refused, not written
+        let mut mixed = want.clone();
+        mixed.insert(text_hash("moon"), vec![1.0]);
+        assert!(write(&dir.join("y.rows"), &key, &mixed).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_first_layout_cache_for_the_same_texts_is_carried_over() {
+        let dir = std::env::temp_dir().join(format!("moonlens-texts-v1-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let texts = vec!["a".to_string(), "b".to_string()];
+        let mut h = Sha256::new();
+        h.update(b"tag");
+        h.update([0]);
+        for t in &texts {
+            h.update(t.as_bytes());
+            h.update([0]);
+        }
+        let key: [u8; 32] = h.finalize().into();
+        let mut bytes = MAGIC_V1.to_vec();
         bytes.extend_from_slice(&key);
         bytes.extend_from_slice(&2u32.to_le_bytes());
         bytes.extend_from_slice(&3u32.to_le_bytes());
         for v in [1f32, 2., 3., 4., 5., 6.] {
             bytes.extend_from_slice(&v.to_le_bytes());
         }
-        std::fs::write(&path, &bytes).unwrap();
+        let name = dir.join(format!("{}.texts", crate::bundle::hex(&key[..12])));
+        std::fs::write(&name, &bytes).unwrap();
         assert_eq!(
-            read(&path, &key, 2).unwrap(),
+            read_v1(&dir, "tag", &texts).unwrap(),
             vec![vec![1., 2., 3.], vec![4., 5., 6.]]
         );
-        assert!(read(&path, &[8u8; 32], 2).is_none(), "other key");
-        assert!(read(&path, &key, 3).is_none(), "other text count");
-        std::fs::write(&path, &bytes[..bytes.len() - 4]).unwrap();
-        assert!(read(&path, &key, 2).is_none(), "truncated");
+        assert!(read_v1(&dir, "other tag", &texts).is_none());
+        assert!(read_v1(&dir, "tag", &texts[..1]).is_none(), "other texts");
+        std::fs::write(&name, &bytes[..bytes.len() - 4]).unwrap();
+        assert!(read_v1(&dir, "tag", &texts).is_none(), "truncated");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

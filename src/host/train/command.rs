@@ -91,7 +91,7 @@ pub fn run(
         val_pairs: val_pairs.len(),
         teacher: None,
         char_buckets: 0,
-        char_trigrams: false,
+        char_trigram_buckets: 0,
     };
     store::save(out, &info, &[&trained.text, &trained.image])?;
     crate::host::plot::training_curve(

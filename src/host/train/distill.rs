@@ -23,7 +23,7 @@ use super::linalg::{Mat, Rng};
 use super::store::{self, HeadsInfo, Teacher};
 use super::{adamw, embed, epochs, loss, Config, Epoch};
 use crate::bundle::Bundle;
-use crate::encoder::char_bag::char_bag;
+use crate::encoder::char_bag::CharBag;
 use crate::encoder::{Encoder, Outputs};
 use crate::error::Result;
 use crate::host::pairs::{self, Parallel};
@@ -165,12 +165,11 @@ impl epochs::Fit for Towards<'_> {
     }
 }
 
-/// What the student reads: its bundle's sentence embedding, then (when `char_buckets` > 0)
+/// What the student reads: its bundle's sentence embedding, then (when its width is not 0)
 /// the text's character bag ([`crate::encoder::char_bag`]).
 pub struct Student<'a> {
     pub bundle: &'a Bundle,
-    pub char_buckets: usize,
-    pub char_trigrams: bool,
+    pub char_bag: CharBag,
 }
 
 /// The `distill` command: parallel files → teacher targets and student inputs (cached) →
@@ -186,8 +185,7 @@ pub fn run(
 ) -> Result<Distilled> {
     let Student {
         bundle: student,
-        char_buckets,
-        char_trigrams,
+        char_bag,
     } = student;
     let read = |paths: &[PathBuf]| -> Result<Vec<Parallel>> {
         let mut all = Vec::new();
@@ -231,10 +229,10 @@ pub fn run(
             cache,
             &format!("student: {split} texts"),
         )?;
-        if char_buckets > 0 {
+        if char_bag.width() > 0 {
             // the exported graph concatenates in the same order: sentence embedding, bag
             for (row, text) in inputs.iter_mut().zip(&texts) {
-                row.extend(char_bag(text, char_buckets, char_trigrams));
+                row.extend(char_bag.bag(text));
             }
         }
         Ok(Rows {
@@ -268,8 +266,8 @@ pub fn run(
             bundle_id: teacher.id_hex(),
             bundle: teacher.dir.display().to_string(),
         }),
-        char_buckets,
-        char_trigrams,
+        char_buckets: char_bag.buckets,
+        char_trigram_buckets: char_bag.trigram_buckets,
     };
     store::save(out, &info, &[&d.head])?;
     crate::host::plot::training_curve(&d.history, d.best_epoch, &out.join("curve.png"))?;

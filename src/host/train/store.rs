@@ -27,13 +27,13 @@ pub struct HeadsInfo {
     /// bundle. `base_bundle` is then the student whose sentence embeddings the head reads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub teacher: Option<Teacher>,
-    /// A distilled head that also reads the text's character bag: its width
-    /// ([`crate::encoder::char_bag`]; 0: none, `text_input` is the sentence embedding alone).
+    /// A distilled head that also reads the text's character bag
+    /// ([`crate::encoder::char_bag`]): its CJK slots and its trigram slots (both 0: no bag,
+    /// `text_input` is the sentence embedding alone).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub char_buckets: usize,
-    /// the bag also holds other words' character trigrams
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub char_trigrams: bool,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub char_trigram_buckets: usize,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -41,6 +41,14 @@ fn is_zero(n: &usize) -> bool {
 }
 
 impl HeadsInfo {
+    /// The character bag the head reads after the sentence embedding (width 0: none).
+    pub fn char_bag(&self) -> crate::encoder::char_bag::CharBag {
+        crate::encoder::char_bag::CharBag {
+            buckets: self.char_buckets,
+            trigram_buckets: self.char_trigram_buckets,
+        }
+    }
+
     /// The epoch whose weights were kept.
     pub fn best(&self) -> Option<&super::Epoch> {
         self.history.iter().find(|e| e.epoch == self.best_epoch)
