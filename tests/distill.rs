@@ -139,6 +139,19 @@ fn distill_export_route_with(bag: CharBag) {
                 .unwrap()
                 .to_string();
         assert!(err.contains("damaged") && !out.exists(), "{err}");
+        // a heads.json field this build does not know (stop 9's trigrams in the CJK slots)
+        // is refused, not ignored: the weights would be read with the wrong bag
+        let stale = d.join("stale-heads");
+        std::fs::create_dir_all(&stale).unwrap();
+        std::fs::copy(heads_dir.join("heads.bin"), stale.join("heads.bin")).unwrap();
+        let json = std::fs::read_to_string(heads_dir.join("heads.json")).unwrap();
+        let json = json.replacen('{', "{\"char_trigrams\": true, ", 1);
+        std::fs::write(stale.join("heads.json"), json).unwrap();
+        let err = store::load(&stale).err().unwrap().to_string();
+        assert!(
+            err.contains("char_trigrams") && err.contains("again"),
+            "{err}"
+        );
     }
     let student = Encoder::load_outputs(&teacher, Outputs::Base).unwrap();
     let teacher_enc = Encoder::load(&teacher).unwrap();

@@ -39,8 +39,8 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 /// The shape of a character bag: `buckets` slots for the CJK characters and pairs, then
 /// `trigram_buckets` slots (0: none) for every other word's character trigrams. The two
 /// parts have slots of their own and unit length each, so a CJK query reads exactly the
-/// same bag with or without trigrams (sharing slots cost Japanese and Korean 0.02-0.08 of
-/// recall: models/README.md).
+/// same bag with or without trigrams, and a long Latin word cannot drown a Chinese one in
+/// a mixed query (the measured trade-offs of both layouts: models/README.md).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CharBag {
     pub buckets: usize,

@@ -10,7 +10,12 @@ use super::{Config, Epoch};
 use crate::error::{Context, Error, Result};
 use std::path::Path;
 
+/// `heads.json`. Unknown fields are refused: a field this build does not know may change
+/// what the weights mean (stop 9's `char_trigrams` put trigrams in the CJK slots), and
+/// exporting such heads as if it were absent would give a tower that silently disagrees
+/// with its training.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HeadsInfo {
     pub format: u32,
     /// Bundle the features came from: its id (sha256 of bundle.toml) and directory.
@@ -94,7 +99,10 @@ pub fn load(dir: &Path) -> Result<Heads> {
         jp.display(),
         dir.display()
     ))?;
-    let info: HeadsInfo = serde_json::from_str(&text).context(format_args!("{}", jp.display()))?;
+    let info: HeadsInfo = serde_json::from_str(&text).context(format_args!(
+        "{} (written by another version of moonlens-host? train or distill again)",
+        jp.display()
+    ))?;
     if info.format != 1 {
         crate::bail!(
             "{}: heads format {} is not supported",
