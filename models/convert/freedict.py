@@ -75,15 +75,21 @@ def first_sense(lines):
     return ""
 
 
-def english_to(stem, keep):
-    by_concept = collections.defaultdict(list)
+def english_entries(stem, keep):
+    """(English headword, entry lines, entry text) of an English -> X dictionary, verbs and
+    adjectives left out, for the headwords in `keep`."""
     for _, text in entries(stem):
         lines = text.split("\n")
         if "<v" in lines[0] or "<adj" in lines[0]:
             continue
         english = re.sub(r"\s*/.*$", "", lines[0]).strip().lower()
-        if english not in keep:
-            continue
+        if english in keep:
+            yield english, lines, text
+
+
+def english_to(stem, keep):
+    by_concept = collections.defaultdict(list)
+    for english, lines, _ in english_entries(stem, keep):
         ipa = re.search(r"/([^/]*)/", lines[0])
         senses = [[clean(w) for w in re.split(r"[,;]", re.sub(r"^\d+\.\s*", "", l.strip()))]
                   for l in lines[1:] if l.strip()]
@@ -103,13 +109,7 @@ def english_to(stem, keep):
 
 def english_to_german(stem, keep):
     best = {}
-    for _, text in entries(stem):
-        lines = text.split("\n")
-        if "<v" in lines[0] or "<adj" in lines[0]:
-            continue
-        english = re.sub(r"\s*/.*$", "", lines[0]).strip().lower()
-        if english not in keep:
-            continue
+    for english, lines, text in english_entries(stem, keep):
         sense = first_sense(lines[1:])
         nouns = [clean(w) for w in sense.split(",") if re.search(r"<(masc|fem|neut|pl)>", w)]
         nouns = [w for w in nouns if w and len(w.split()) <= 3]
