@@ -55,46 +55,41 @@ pub fn embed_cached(
     std::fs::create_dir_all(cache_dir)
         .context(format_args!("cannot create {}", cache_dir.display()))?;
     let path = cache_dir.join(format!("{}.rows", crate::bundle::hex(&key[..12])));
+    let hashes: Vec<TextHash> = texts.iter().map(|t| text_hash(t)).collect();
     let mut known = read(&path, &key).unwrap_or_default();
     let before = known.len();
-    let all_known = texts.iter().all(|t| known.contains_key(&text_hash(t)));
-    if let Some(rows) = (!all_known)
-        .then(|| read_v1(cache_dir, tag, texts))
-        .flatten()
-    {
-        log::info!(
-            "{what}: carrying {} rows over from a first-layout cache",
-            rows.len()
-        );
-        for (t, r) in texts.iter().zip(rows) {
-            known.insert(text_hash(t), r);
+    if !hashes.iter().all(|h| known.contains_key(h)) {
+        if let Some(rows) = read_v1(cache_dir, tag, texts) {
+            log::info!(
+                "{what}: carrying {} rows over from a first-layout cache",
+                rows.len()
+            );
+            known.extend(hashes.iter().copied().zip(rows));
         }
     }
-    let missing: Vec<String> = {
-        let mut seen = std::collections::HashSet::new();
-        texts
-            .iter()
-            .filter(|t| !known.contains_key(&text_hash(t)) && seen.insert(t.as_str()))
-            .cloned()
-            .collect()
-    };
-    let cached = texts
+    let cached = hashes.iter().filter(|h| known.contains_key(*h)).count();
+    let mut seen = std::collections::HashSet::new();
+    let (missing, missing_hashes): (Vec<String>, Vec<TextHash>) = texts
         .iter()
-        .filter(|t| known.contains_key(&text_hash(t)))
-        .count();
+        .zip(&hashes)
+        .filter(|(_, h)| !known.contains_key(*h) && seen.insert(**h))
+        .map(|(t, h)| (t.clone(), *h))
+        .unzip();
     log::info!(
         "{what}: {cached} of {} embeddings from {}, {} distinct to compute",
         texts.len(),
         path.display(),
         missing.len()
     );
-    for (t, r) in missing.iter().zip(compute(tower, &missing, what)?) {
-        known.insert(text_hash(t), r);
-    }
+    known.extend(
+        missing_hashes
+            .into_iter()
+            .zip(compute(tower, &missing, what)?),
+    );
     if known.len() != before {
         write(&path, &key, &known)?;
     }
-    Ok(texts.iter().map(|t| known[&text_hash(t)].clone()).collect())
+    Ok(hashes.iter().map(|h| known[h].clone()).collect())
 }
 
 fn write(path: &Path, key: &[u8; 32], rows: &HashMap<TextHash, Vec<f32>>) -> Result<()> {
