@@ -136,7 +136,8 @@ pub struct CharBagInput {
     pub trigram_buckets: usize,
 }
 
-fn is_zero(n: &usize) -> bool {
+/// serde's `skip_serializing_if` for counts whose 0 means "absent" (bundle.toml, heads.json).
+pub(crate) fn is_zero(n: &usize) -> bool {
     *n == 0
 }
 

@@ -35,14 +35,10 @@ pub struct HeadsInfo {
     /// A distilled head that also reads the text's character bag
     /// ([`crate::encoder::char_bag`]): its CJK slots and its trigram slots (both 0: no bag,
     /// `text_input` is the sentence embedding alone).
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "crate::bundle::is_zero")]
     pub char_buckets: usize,
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "crate::bundle::is_zero")]
     pub char_trigram_buckets: usize,
-}
-
-fn is_zero(n: &usize) -> bool {
-    *n == 0
 }
 
 impl HeadsInfo {
