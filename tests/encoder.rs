@@ -421,3 +421,102 @@ fn drawings_of_unseen_concepts_are_found() {
     assert!(r.n >= 250, "{r:?}");
     assert!(r.r1 >= 0.10 && r.r10 >= 0.38, "{r:?}");
 }
+
+fn regions_encoder() -> &'static Encoder {
+    static ENC: std::sync::OnceLock<Encoder> = std::sync::OnceLock::new();
+    ENC.get_or_init(|| Encoder::load_with_regions(&default_bundle()).unwrap())
+}
+
+/// The bridge cut over the cells is the tower's own: a feature map whose every cell holds the
+/// frame's pooled features gives, in every cell, the frame's own bridge embedding; and the
+/// frame's embedding is the same as without regions (one run of the same tower).
+#[test]
+fn region_embeddings_are_the_bridge_of_each_cell() {
+    let enc = regions_encoder();
+    let tower = enc.region_tower().unwrap();
+    assert_eq!((tower.channels, tower.cells, tower.width), (1280, 49, 384));
+    let img = image::open(root().join("models/samples/rabbit.png")).unwrap();
+    let (embedding, regions) = enc.encode_regions(&img).unwrap();
+    let (plain, kept) = encoder().encode_images(&[img]).unwrap().remove(0);
+    assert!(cosine(&embedding, &plain) > 0.99999);
+    assert_eq!(regions.len(), 49);
+    // every cell = the pooled features, channel-major as the backbone writes its map
+    let fmap: Vec<f32> = kept
+        .features
+        .iter()
+        .flat_map(|&v| std::iter::repeat_n(v, 49))
+        .collect();
+    for r in tower.regions(&fmap).unwrap() {
+        assert!(cosine(&r.embedding, &kept.base) > 0.999);
+        assert!(r.confidence > 0.0 && r.confidence <= 1.0);
+    }
+    assert!(tower.regions(&fmap[1..]).is_err(), "a short map is refused");
+    assert!(encoder()
+        .encode_regions(&image::DynamicImage::new_rgb8(8, 8))
+        .is_err());
+}
+
+/// Cells keep their place: in a 2×2 collage of four samples each caption matches best the
+/// quadrant its sample is in (3×3 cells at each corner of the 7×7 map).
+#[test]
+fn regions_find_a_subject_where_it_is_in_the_frame() {
+    let enc = regions_encoder();
+    let names = ["strawberry2", "pizza", "elephant", "banana"];
+    let mut collage = image::RgbImage::from_pixel(448, 448, image::Rgb([255, 255, 255]));
+    for (i, name) in names.iter().enumerate() {
+        let s = image::open(root().join(format!("models/samples/{name}.png")))
+            .unwrap()
+            .thumbnail(200, 200)
+            .to_rgba8();
+        let (x0, y0) = (12 + 224 * (i as u32 % 2), 12 + 224 * (i as u32 / 2));
+        for (x, y, p) in s.enumerate_pixels() {
+            // onto white, by alpha
+            let a = p[3] as f32 / 255.0;
+            let px = collage.get_pixel_mut(x0 + x, y0 + y);
+            for c in 0..3 {
+                px[c] = (p[c] as f32 * a + px[c] as f32 * (1.0 - a)) as u8;
+            }
+        }
+    }
+    let (_, regions) = enc
+        .encode_regions(&image::DynamicImage::ImageRgb8(collage))
+        .unwrap();
+    let tower = enc.region_tower().unwrap();
+    for (i, name) in names.iter().enumerate() {
+        let q = enc.embed_text(name.trim_end_matches('2')).unwrap();
+        let part = moonlens::encoder::regions::query_part(enc.bundle(), &q, tower.width).unwrap();
+        let block_mean = |quadrant: usize| -> f32 {
+            let (r0, c0) = (4 * (quadrant / 2), 4 * (quadrant % 2));
+            let mut sum = 0.0;
+            for r in r0..r0 + 3 {
+                for c in c0..c0 + 3 {
+                    sum += cosine(&regions[r * 7 + c].embedding, &part);
+                }
+            }
+            sum / 9.0
+        };
+        let best = (0..4)
+            .max_by(|&a, &b| block_mean(a).total_cmp(&block_mean(b)))
+            .unwrap();
+        assert_eq!(best, i, "{name}: best quadrant {best}, it is in {i}");
+    }
+}
+
+#[test]
+fn eval_with_regions_reports_each_weight_and_zero_is_the_plain_eval() {
+    let enc = regions_encoder();
+    let d = tempdir("eval-regions");
+    let pairs = pairs_slice("test", 40, &d);
+    let plain = moonlens::host::eval::eval(enc, &pairs).unwrap();
+    let settings =
+        [0.0, 0.25].map(|lambda| moonlens::host::eval::RegionScoring { lambda, cells: 16 });
+    let r = moonlens::host::eval::eval_regions(enc, &pairs, &settings).unwrap();
+    assert_eq!(r.len(), 2);
+    assert_eq!(r[0].1, plain, "λ = 0 ranks by the global cosine alone");
+    assert_eq!(r[1].0.lambda, 0.25);
+    assert_eq!(r[1].1.overall.n, plain.overall.n);
+    assert!(
+        moonlens::host::eval::eval_regions(encoder(), &pairs, &settings).is_err(),
+        "an encoder without regions is refused"
+    );
+}

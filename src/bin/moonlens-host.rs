@@ -6,6 +6,7 @@ use moonlens::encoder::Encoder;
 #[cfg(feature = "fleet")]
 use moonlens::host::cli::AnnKind;
 use moonlens::host::cli::{Bench, Cli, Cmd, Train};
+use moonlens::host::eval;
 use moonlens::host::train::{self, Config};
 use moonlens::Result;
 use std::path::Path;
@@ -34,7 +35,25 @@ fn print_run(out: &Path, history: &[train::Epoch], best_epoch: usize) {
 
 fn run(cmd: Cmd) -> Result<()> {
     match cmd {
-        Cmd::Eval { bundle, pairs } => {
+        Cmd::Eval {
+            bundle,
+            pairs,
+            regions,
+            region_cells,
+        } if !regions.is_empty() => {
+            let enc = Encoder::load_with_regions(&Bundle::open(&bundle)?)?;
+            let settings: Vec<_> = regions
+                .iter()
+                .map(|&lambda| eval::RegionScoring {
+                    lambda,
+                    cells: region_cells,
+                })
+                .collect();
+            for (s, r) in eval::eval_regions(&enc, &pairs, &settings)? {
+                println!("{}", serde_json::json!({"regions": s, "recall": r}));
+            }
+        }
+        Cmd::Eval { bundle, pairs, .. } => {
             let r = moonlens::host::eval::eval(&encoder(&bundle)?, &pairs)?;
             println!("{}", serde_json::to_string(&r).expect("plain struct"));
         }

@@ -11,6 +11,7 @@
 
 pub mod char_bag;
 pub mod preprocess;
+pub mod regions;
 pub mod reproject;
 pub mod rewrite;
 
@@ -42,6 +43,9 @@ pub struct Encoder {
     /// What the image plan computes beside the embedding, for the index to keep (its
     /// outputs 1 and 2 when their widths are not 0).
     layout: crate::index::Layout,
+    /// The bridge over the feature map's cells, when loaded [`Encoder::load_with_regions`]
+    /// (the feature map is then the image plan's last output).
+    regions: Option<regions::RegionTower>,
     text: TextEncoder,
     /// The bundle's `[multilingual]` text tower, for queries [`needs_multilingual`] sends there.
     multilingual: Option<TextEncoder>,
@@ -146,6 +150,16 @@ impl Encoder {
     /// graph is single-threaded in tract, and a tokenizer.json parse is too, so the first
     /// answer comes after the slowest tower instead of after all of them in turn.
     pub fn load_outputs(bundle: &Bundle, which: Outputs) -> Result<Encoder> {
+        Encoder::load_inner(bundle, which, false)
+    }
+
+    /// Both towers computing the bundle's `output` embeddings, and the image tower also the
+    /// embeddings of its feature map's cells ([`Encoder::encode_regions`]).
+    pub fn load_with_regions(bundle: &Bundle) -> Result<Encoder> {
+        Encoder::load_inner(bundle, Outputs::Final, true)
+    }
+
+    fn load_inner(bundle: &Bundle, which: Outputs, with_regions: bool) -> Result<Encoder> {
         let t0 = Instant::now();
         let m = &bundle.manifest;
         let (image_out, text_out) = match which {
@@ -166,7 +180,34 @@ impl Encoder {
                 };
                 let mut outputs = vec![image_out];
                 outputs.extend(&kept);
+                let fmap = with_regions
+                    .then(|| regions::feature_map_name(bundle))
+                    .transpose()?;
+                outputs.extend(fmap.as_deref());
                 let model = image_model(bundle, &outputs)?;
+                let region_tower = match &fmap {
+                    Some(_) => {
+                        let fact = model
+                            .output_fact(outputs.len() - 1)
+                            .map_err(|e| Error::new(format!("feature map: {e:#}")))?;
+                        // [N, C, H, W] with N symbolic: C, H, W are fixed by the input size
+                        let chw: Vec<i64> = (fact.shape.iter().skip(1))
+                            .map(|d| d.to_i64().unwrap_or(0))
+                            .collect();
+                        let &[c, h, w] = &chw[..] else {
+                            crate::bail!("feature map shape {:?} is not [N, C, H, W]", fact.shape);
+                        };
+                        if c <= 0 || h <= 0 || w <= 0 {
+                            crate::bail!("feature map shape {:?} is not [N, C, H, W]", fact.shape);
+                        }
+                        Some(regions::RegionTower::load(
+                            bundle,
+                            c as usize,
+                            (h * w) as usize,
+                        )?)
+                    }
+                    None => None,
+                };
                 let width = |name: Option<&str>| -> Result<u32> {
                     let at = |n| outputs.iter().skip(1).position(|o| *o == n).map(|i| i + 1);
                     let Some(i) = name.and_then(at) else {
@@ -193,7 +234,7 @@ impl Encoder {
                     backbone_id: bundle.backbone_id(),
                 };
                 let plan = image_plan(&model)?;
-                Ok::<_, Error>((plan, layout, t.elapsed()))
+                Ok::<_, Error>((plan, layout, region_tower, t.elapsed()))
             });
             let text = s.spawn(|| {
                 let t = Instant::now();
@@ -217,7 +258,7 @@ impl Encoder {
                 multilingual.join().expect(panicked),
             )
         });
-        let (image_one, layout, image_ms) = image?;
+        let (image_one, layout, regions, image_ms) = image?;
         let (text, text_ms) = text?;
         let multilingual = multilingual?;
         let load_parts = LoadTimes {
@@ -230,6 +271,7 @@ impl Encoder {
             dim: text.dim,
             image_one,
             layout,
+            regions,
             text,
             multilingual: multilingual.map(|(e, _)| e),
             load_time: t0.elapsed(),
@@ -304,15 +346,38 @@ impl Encoder {
         Ok(out)
     }
 
-    fn run_images(&self, plan: &Plan, inputs: &[Vec<f32>]) -> Result<Vec<(Vec<f32>, Kept)>> {
+    /// One embedding and the regions of its feature map, from one run of the image plan
+    /// (an encoder made by [`Encoder::load_with_regions`]; all `H·W` cells, in cell order).
+    pub fn encode_regions(&self, img: &DynamicImage) -> Result<(Vec<f32>, Vec<regions::Region>)> {
+        let Some(tower) = &self.regions else {
+            crate::bail!("this encoder was loaded without region embeddings");
+        };
+        let out = self.run_raw(&self.image_one, &[self.preprocess(img)])?;
+        let embedding = self.rows(&out[0], 1)?.remove(0);
+        let fmap = out[out.len() - 1]
+            .to_plain_array_view::<f32>()
+            .map_err(|e| Error::new(format!("feature map is not f32: {e:#}")))?;
+        let fmap: Vec<f32> = fmap.iter().copied().collect();
+        Ok((embedding, tower.regions(&fmap)?))
+    }
+
+    /// The region tower of an encoder made by [`Encoder::load_with_regions`].
+    pub fn region_tower(&self) -> Option<&regions::RegionTower> {
+        self.regions.as_ref()
+    }
+
+    fn run_raw(&self, plan: &Plan, inputs: &[Vec<f32>]) -> Result<TVec<TValue>> {
         let [c, h, w] = self.bundle.manifest.image.shape;
         let flat: Vec<f32> = inputs.concat();
-        let n = inputs.len();
-        let t = Tensor::from_shape(&[n, c, h, w], &flat)
+        let t = Tensor::from_shape(&[inputs.len(), c, h, w], &flat)
             .map_err(|e| Error::new(format!("image tensor: {e:#}")))?;
-        let out = plan
-            .run(tvec![t.into_tvalue()])
-            .map_err(|e| Error::new(format!("image tower failed: {e:#}")))?;
+        plan.run(tvec![t.into_tvalue()])
+            .map_err(|e| Error::new(format!("image tower failed: {e:#}")))
+    }
+
+    fn run_images(&self, plan: &Plan, inputs: &[Vec<f32>]) -> Result<Vec<(Vec<f32>, Kept)>> {
+        let n = inputs.len();
+        let out = self.run_raw(plan, inputs)?;
         let embeddings = self.rows(&out[0], n)?;
         let (f, b) = (self.layout.features as usize, self.layout.base as usize);
         let part = |k: usize, width: usize| -> Result<Vec<Vec<f32>>> {

@@ -26,6 +26,15 @@ pub enum Cmd {
         /// Image-caption pairs, JSON lines ({"image": …, "text": …})
         #[arg(long, value_name = "FILE.jsonl")]
         pairs: PathBuf,
+        /// Also score each image by its best region: global + λ × best region cosine, one
+        /// report per λ (models/README.md, "Region scoring")
+        #[arg(long, value_name = "λ,…", value_delimiter = ',')]
+        regions: Vec<f32>,
+        /// With --regions: how many of the feature map's cells an image keeps, the most
+        /// confident first (49 = all of EfficientNet-Lite0's 7×7)
+        #[arg(long, value_name = "K", default_value_t = 49, requires = "regions",
+              value_parser = at_least_one)]
+        region_cells: usize,
     },
     /// Train projection heads on image-caption pairs (or, with --from-index, a new image head
     /// for the bundle that wrote an index, from the operator's tags)

@@ -158,6 +158,80 @@ fn grouped(ranks: &[usize], group_of_query: &[String]) -> BTreeMap<String, Recal
 }
 
 pub fn eval(enc: &Encoder, pairs_path: &Path) -> Result<Report> {
+    let pairs = read_pairs(pairs_path)?;
+    let e = embed_pairs(enc, &pairs)?;
+    report(&pairs, &ranks(&e.texts, &e.images, &e.truth))
+}
+
+/// How `eval --regions` scores a frame: global cosine + `lambda` × the best of its `cells`
+/// most confident regions' cosines with the query's part in their space.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct RegionScoring {
+    pub lambda: f32,
+    pub cells: usize,
+}
+
+/// [`eval`] with region scoring, once per setting in `settings` (the images are encoded
+/// once). `enc` must come from [`Encoder::load_with_regions`].
+pub fn eval_regions(
+    enc: &Encoder,
+    pairs_path: &Path,
+    settings: &[RegionScoring],
+) -> Result<Vec<(RegionScoring, Report)>> {
+    use crate::encoder::regions::{best_match, most_confident, query_part};
+    let Some(tower) = enc.region_tower() else {
+        crate::bail!("region scoring needs an encoder loaded with regions");
+    };
+    let pairs = read_pairs(pairs_path)?;
+    let (images, truth) = pairs::gallery(&pairs);
+    let mut bar = Progress::new("images and regions", images.len());
+    let mut globals = Vec::with_capacity(images.len());
+    let mut regions = Vec::with_capacity(images.len());
+    for p in &images {
+        let (g, r) = enc.encode_regions(&load_image(p)?)?;
+        globals.push(g);
+        regions.push(r);
+        bar.inc(1);
+    }
+    let texts = pairs
+        .iter()
+        .map(|p| enc.embed_text(&p.text))
+        .collect::<Result<Vec<_>>>()?;
+    let parts = texts
+        .iter()
+        .map(|q| {
+            query_part(enc.bundle(), q, tower.width).ok_or_else(|| {
+                crate::error::Error::new(format!(
+                    "{}: its query embeddings have no part in the regions' space (a bundle \
+                     whose output is its base embedding, or one exported with --mix)",
+                    enc.bundle().dir.display()
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let dot = |a: &[f32], b: &[f32]| -> f32 { a.iter().zip(b).map(|(x, y)| x * y).sum() };
+    settings
+        .iter()
+        .map(|s| {
+            let kept: Vec<_> = regions
+                .iter()
+                .map(|r| most_confident(r.clone(), s.cells))
+                .collect();
+            let score = |q: usize, i: usize| {
+                dot(&texts[q], &globals[i]) + s.lambda * best_match(&parts[q], &kept[i])
+            };
+            let r: Vec<usize> = (0..texts.len())
+                .map(|q| {
+                    let own = score(q, truth[q]);
+                    (0..globals.len()).filter(|&i| score(q, i) >= own).count()
+                })
+                .collect();
+            Ok((*s, report(&pairs, &r)?))
+        })
+        .collect()
+}
+
+fn read_pairs(pairs_path: &Path) -> Result<Vec<Pair>> {
     let pairs = pairs::read(pairs_path)?;
     for p in &pairs {
         if !p.image.exists() {
@@ -168,20 +242,22 @@ pub fn eval(enc: &Encoder, pairs_path: &Path) -> Result<Report> {
             );
         }
     }
-    let e = embed_pairs(enc, &pairs)?;
-    let r = ranks(&e.texts, &e.images, &e.truth);
-    let (images, _) = pairs::gallery(&pairs);
+    Ok(pairs)
+}
+
+/// Recall of `ranks` (one per pair) overall, by domain and by category.
+fn report(pairs: &[Pair], r: &[usize]) -> Result<Report> {
+    let (images, truth) = pairs::gallery(pairs);
     let domains = images
         .iter()
         .map(|p| Ok(domain(p, &load_image(p)?).to_string()))
         .collect::<Result<Vec<String>>>()?;
     let cats = categories(&images);
-    let per_query =
-        |g: &[String]| -> Vec<String> { e.truth.iter().map(|&i| g[i].clone()).collect() };
+    let per_query = |g: &[String]| -> Vec<String> { truth.iter().map(|&i| g[i].clone()).collect() };
     Ok(Report {
-        overall: recall(&r),
-        by_domain: grouped(&r, &per_query(&domains)),
-        by_category: grouped(&r, &per_query(&cats)),
+        overall: recall(r),
+        by_domain: grouped(r, &per_query(&domains)),
+        by_category: grouped(r, &per_query(&cats)),
     })
 }
 
