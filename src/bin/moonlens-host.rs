@@ -214,6 +214,9 @@ fn bench(b: Bench) -> Result<()> {
     match b {
         Bench::Encode { bundle, runs, json } => bench::encode(&encoder(&bundle)?, runs, json),
         Bench::Profile { bundle, runs } => bench::profile(&encoder(&bundle)?, runs),
+        Bench::Regions { bundle, runs, json } => {
+            bench::regions(&Bundle::open(&bundle)?, runs, json)
+        }
         Bench::Ingest {
             bundle,
             images,

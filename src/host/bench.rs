@@ -291,6 +291,74 @@ pub fn encode(enc: &Encoder, runs: usize, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// What region embeddings cost a frame: the image tower with the feature map and the bridge
+/// over its cells against the plain tower (the same bundle, loaded both ways), the bytes of
+/// K int8 regions against an index slot and its thumbnail, and the time to score a
+/// candidate's regions against its one global cosine.
+pub fn regions(bundle: &crate::bundle::Bundle, runs: usize, json: bool) -> Result<()> {
+    use crate::encoder::regions::{best_match, most_confident};
+    let runs = runs.max(5);
+    let plain = Encoder::load(bundle)?;
+    let with = Encoder::load_with_regions(bundle)?;
+    let img = image::open("models/samples/pizza.png")
+        .unwrap_or_else(|_| image::DynamicImage::new_rgb8(640, 480));
+    let time = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
+        f()?;
+        let mut v = Vec::new();
+        for _ in 0..runs {
+            let t = Instant::now();
+            f()?;
+            v.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        v.sort_by(f64::total_cmp);
+        Ok(percentile(&v, 0.5))
+    };
+    let plain_ms = time(&mut || plain.embed_image(&img).map(|_| ()))?;
+    let regions_ms = time(&mut || with.encode_regions(&img).map(|_| ()))?;
+    let (g, cells) = with.encode_regions(&img)?;
+    let width = with.region_tower().map_or(0, |t| t.width);
+    let query: Vec<f32> = g[..width].to_vec();
+    // scoring: a candidate's one global cosine against the best of its K regions
+    let candidates = 1000;
+    let globals = vec![g.clone(); candidates];
+    let global_us = time(&mut || {
+        let s: f32 = globals.iter().map(|e| crate::encoder::cosine(&g, e)).sum();
+        std::hint::black_box(s);
+        Ok(())
+    })? * 1e3
+        / candidates as f64;
+    let slot = 752.0 + 16_384.0;
+    let mut per_k = Vec::new();
+    for k in [8usize, 16, 49] {
+        let kept = vec![most_confident(cells.clone(), k); candidates];
+        let us = time(&mut || {
+            let s: f32 = kept.iter().map(|r| best_match(&query, r)).sum();
+            std::hint::black_box(s);
+            Ok(())
+        })? * 1e3
+            / candidates as f64;
+        // int8 values and an f32 scale a region
+        let bytes = k * (width + 4);
+        per_k.push(serde_json::json!({"cells": k, "bytes": bytes,
+            "bytes_vs_slot_and_thumb": bytes as f64 / slot,
+            "score_us": us, "score_vs_global": us / global_us}));
+        if !json {
+            eprintln!("{k:>2} regions: {bytes} bytes a frame ({:.2}x an index slot and its thumbnail), scoring a candidate {us:.2} us ({:.1}x its global cosine)", bytes as f64 / slot, us / global_us);
+        }
+    }
+    if !json {
+        eprintln!("bundle {}: image tower {plain_ms:.1} ms, with the regions of its 49 cells {regions_ms:.1} ms ({:.2}x)",
+            bundle.manifest.name, regions_ms / plain_ms);
+    }
+    println!(
+        "{}",
+        serde_json::json!({"bundle": bundle.manifest.name, "image_ms": plain_ms,
+        "image_with_regions_ms": regions_ms, "ratio": regions_ms / plain_ms,
+        "global_score_us": global_us, "regions": per_k})
+    );
+    Ok(())
+}
+
 /// From starting `moonlensd` (beside this binary) on `bundle` to its answer to a first
 /// search over the socket, the median of 3 starts; the replay holds one frame, so what is
 /// timed is start-up, not ingest.

@@ -322,6 +322,19 @@ pub enum Bench {
         #[arg(long)]
         json: bool,
     },
+    /// A frame's region embeddings (eval --regions): tower time and bytes beside the plain
+    /// embedding's, and scoring a candidate's regions beside its global cosine
+    Regions {
+        /// The model bundle
+        #[arg(long, value_name = "DIR", default_value = "models/default")]
+        bundle: PathBuf,
+        /// Runs per measurement
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// One JSON line instead of the table
+        #[arg(long)]
+        json: bool,
+    },
     /// Re-projecting an index into a retrained bundle, against re-encoding its frames
     Reproject {
         /// The model bundle
