@@ -436,7 +436,7 @@ fn region_embeddings_are_the_bridge_of_each_cell() {
     let tower = enc.region_tower().unwrap();
     assert_eq!((tower.channels, tower.cells, tower.width), (1280, 49, 384));
     let img = image::open(root().join("models/samples/rabbit.png")).unwrap();
-    let (embedding, regions) = enc.encode_regions(&img).unwrap();
+    let (embedding, _, regions) = enc.encode_regions(&img).unwrap();
     let (plain, kept) = encoder().encode_images(&[img]).unwrap().remove(0);
     assert!(cosine(&embedding, &plain) > 0.99999);
     assert_eq!(regions.len(), 49);
@@ -478,7 +478,7 @@ fn regions_find_a_subject_where_it_is_in_the_frame() {
             }
         }
     }
-    let (_, regions) = enc
+    let (_, _, regions) = enc
         .encode_regions(&image::DynamicImage::ImageRgb8(collage))
         .unwrap();
     let tower = enc.region_tower().unwrap();

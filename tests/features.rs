@@ -20,6 +20,7 @@ fn expect(layout: Layout) -> Expect {
         dim: DIM,
         bundle_id: BUNDLE,
         layout,
+        regions: moonlens::index::RegionLayout::NONE,
     }
 }
 
@@ -266,7 +267,11 @@ fn a_newer_format_is_refused_with_what_to_do() {
     b[72..76].copy_from_slice(&crc.to_le_bytes());
     std::fs::write(&path, b).unwrap();
     let e = Index::open(&d).err().expect("refused");
-    assert!(e.to_string().contains("format version 3"), "{e}");
+    assert!(
+        e.to_string()
+            .contains(&format!("format version {}", VERSION + 1)),
+        "{e}"
+    );
 }
 
 #[test]
@@ -297,6 +302,7 @@ fn the_daemon_keeps_what_its_heads_read() {
         dim: enc.dim(),
         bundle_id: enc.bundle().id,
         layout,
+        regions: moonlens::index::RegionLayout::NONE,
     };
     let idx = Index::open_or_create_with(&d, 4, &ex).unwrap();
     let id = idx
@@ -329,6 +335,7 @@ fn kept_outputs_re_project_to_the_towers_embedding() {
         dim: enc.dim(),
         bundle_id: enc.bundle().id,
         layout,
+        regions: moonlens::index::RegionLayout::NONE,
     };
     let idx = Index::open_or_create_with(&d, 8, &ex).unwrap();
     let mut stored = Vec::new();

@@ -580,9 +580,10 @@ fn streaming_verify_reports_what_the_in_memory_checks_report() {
             &std::fs::read(d.join("thumbs.ml")).unwrap(),
         )
         .unwrap();
-        // verify_bytes sees index.ml and thumbs.ml only: everything but features.ml agrees
+        // verify_bytes sees index.ml and thumbs.ml only: everything but the side files agrees
         let without_features = moonlens::index::Report {
             with_features: None,
+            with_regions: None,
             ..streamed.clone()
         };
         assert_eq!(without_features, whole);

@@ -130,6 +130,7 @@ fn the_appliance_learns_the_sites_names_and_keeps_the_rest() {
         dim: enc.dim(),
         bundle_id: bundle.id,
         layout: *enc.layout(),
+        regions: moonlens::index::RegionLayout::NONE,
     };
     let idx = Index::open_or_create_with(&index_dir, 500, &expect).unwrap();
     let s = Arc::new(Shared::new(enc, idx, "cam0", Duration::from_secs(60)));

@@ -48,6 +48,7 @@ fn shared(dir: &Path) -> Arc<Shared> {
         dim: enc.dim(),
         bundle_id: bundle.id,
         layout: *enc.layout(),
+        regions: moonlens::index::RegionLayout::NONE,
     };
     let idx = Index::open_or_create_with(dir, 64, &expect).unwrap();
     Arc::new(Shared::new(enc, idx, "cam0", Duration::from_secs(60)))

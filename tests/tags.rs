@@ -171,6 +171,7 @@ fn a_tagged_frame_outlives_the_ring_and_the_daemon() {
             dim: enc.dim(),
             bundle_id: bundle.id,
             layout: *enc.layout(),
+            regions: moonlens::index::RegionLayout::NONE,
         };
         let idx = Index::open_or_create_with(&dir, 8, &expect).unwrap();
         Arc::new(Shared::new(enc, idx, "dir", Duration::from_secs(60)))

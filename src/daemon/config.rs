@@ -55,6 +55,14 @@ pub struct Config {
     /// Quiet time after a watch fired, in seconds [default: 60]
     #[arg(long, value_name = "N")]
     pub watch_cooldown_s: Option<u64>,
+    /// Regions of each frame the index keeps for searches (the most confident cells of the
+    /// backbone's feature map), 0-64, fixed when the index is created; 0 = none [default: 16]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=crate::index::regions::COUNT_MAX as i64))]
+    pub regions: Option<u32>,
+    /// Weight of a frame's best region match added to its global score, 0-1; 0 = off
+    /// [default: 0.1]
+    #[arg(long, value_name = "X", value_parser = unit_interval)]
+    pub region_weight: Option<f32>,
     /// Threads that encode frames, 1-8 [default: one per core]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=super::ingest::MAX_WORKERS as i64))]
     pub workers: Option<u8>,
@@ -88,6 +96,14 @@ pub struct Config {
     #[arg(long = "config", value_name = "FILE")]
     #[serde(skip)]
     pub file: Option<PathBuf>,
+}
+
+/// A number from 0 to 1 (`--region-weight`).
+fn unit_interval(v: &str) -> std::result::Result<f32, String> {
+    v.parse::<f32>()
+        .ok()
+        .filter(|x| (0.0..=1.0).contains(x))
+        .ok_or_else(|| format!("{v:?} is not a number from 0 to 1"))
 }
 
 /// A finite number above zero (`--fps`).

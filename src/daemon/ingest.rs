@@ -242,21 +242,36 @@ fn take(line: &Line) -> Option<(Ticket<'_>, Queued)> {
     Some((Ticket { line, n }, frame))
 }
 
-/// One frame, encoded: its embedding, the backbone outputs the index keeps, its thumbnail.
+/// One frame, encoded: its embedding, the backbone outputs and regions the index keeps, its
+/// thumbnail.
 struct Encoded {
     embedding: Vec<f32>,
     kept: crate::index::Kept,
+    /// the `keep` most confident regions (none when the model has no region tower)
+    regions: Vec<Vec<f32>>,
     thumb: Vec<u8>,
 }
 
-fn encode(model: &crate::encoder::Encoder, image: &DynamicImage) -> crate::Result<Encoded> {
-    let (embedding, kept) = model
-        .encode_images(std::slice::from_ref(image))?
-        .pop()
-        .ok_or_else(|| crate::Error::new("the image tower returned no row"))?;
+fn encode(
+    model: &crate::encoder::Encoder,
+    image: &DynamicImage,
+    keep: usize,
+) -> crate::Result<Encoded> {
+    let (embedding, kept, regions) = if model.region_tower().is_some() && keep > 0 {
+        let (e, k, r) = model.encode_regions(image)?;
+        let r = crate::encoder::regions::most_confident(r, keep);
+        (e, k, r.into_iter().map(|r| r.embedding).collect())
+    } else {
+        let (e, k) = model
+            .encode_images(std::slice::from_ref(image))?
+            .pop()
+            .ok_or_else(|| crate::Error::new("the image tower returned no row"))?;
+        (e, k, Vec::new())
+    };
     Ok(Encoded {
         embedding,
         kept,
+        regions,
         thumb: thumbnail(image),
     })
 }
@@ -268,7 +283,8 @@ fn encode(model: &crate::encoder::Encoder, image: &DynamicImage) -> crate::Resul
 fn encode_loop(s: &Arc<Shared>, line: &Line) {
     while let Some((ticket, frame)) = take(line) {
         let model = s.encoder();
-        let encoded = encode(&model, &frame.image);
+        let keep = s.regions.keep;
+        let encoded = encode(&model, &frame.image, keep);
         let mut order = ticket.wait();
         // one frame at a time under the turn lock: a clean shutdown waits for it
         let _turn = s.ingest_turn.lock().unwrap_or_else(|p| p.into_inner());
@@ -278,7 +294,7 @@ fn encode_loop(s: &Arc<Shared>, line: &Line) {
             encoded
         } else {
             log::info!("the model changed while a frame was encoded: encoding it again");
-            encode(&current, &frame.image)
+            encode(&current, &frame.image, keep)
         };
         match encoded {
             Ok(e) => store(s, line.embedding_gate, &mut order, frame, e),
@@ -307,13 +323,14 @@ fn store(s: &Shared, gate: f32, order: &mut Order, frame: Queued, e: Encoded) {
         }
     }
     let (source_id, label, ts_ms) = (s.source_id.as_str(), frame.label, frame.ts_ms);
-    match s.index.append_kept(
+    match s.index.append_frame(
         ts_ms,
         source_id,
         &label,
         &e.embedding,
         &e.thumb,
         Some(&e.kept),
+        (!e.regions.is_empty()).then_some(e.regions.as_slice()),
     ) {
         Ok(seq) => {
             s.counters.ingested.fetch_add(1, Relaxed);

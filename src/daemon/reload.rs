@@ -160,7 +160,10 @@ fn check(shared: &Shared, bundle: &Bundle, enc: &Encoder, from_thumbnails: bool)
 fn run(shared: &Shared, dir: &Path, from_thumbnails: bool) -> Result<Done> {
     let t0 = Instant::now();
     let bundle = Bundle::open(dir)?;
-    let enc = Encoder::load(&bundle)?;
+    // regions as before the reload (the index keeps them in the base bundle's space, which a
+    // bundle over the same backbone shares)
+    let regions = shared.model().region_tower().is_some();
+    let enc = super::load_encoder(&bundle, regions)?;
     check(shared, &bundle, &enc, from_thumbnails)?;
     let index = &shared.index;
     let head = if from_thumbnails {

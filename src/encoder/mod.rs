@@ -346,19 +346,23 @@ impl Encoder {
         Ok(out)
     }
 
-    /// One embedding and the regions of its feature map, from one run of the image plan
-    /// (an encoder made by [`Encoder::load_with_regions`]; all `H·W` cells, in cell order).
-    pub fn encode_regions(&self, img: &DynamicImage) -> Result<(Vec<f32>, Vec<regions::Region>)> {
+    /// One embedding, its backbone outputs and the regions of its feature map, from one run
+    /// of the image plan (an encoder made by [`Encoder::load_with_regions`]; all `H·W`
+    /// cells, in cell order).
+    pub fn encode_regions(
+        &self,
+        img: &DynamicImage,
+    ) -> Result<(Vec<f32>, Kept, Vec<regions::Region>)> {
         let Some(tower) = &self.regions else {
             crate::bail!("this encoder was loaded without region embeddings");
         };
         let out = self.run_raw(&self.image_one, &[self.preprocess(img)])?;
-        let embedding = self.rows(&out[0], 1)?.remove(0);
+        let (embedding, kept) = self.parse(&out, 1)?.remove(0);
         let fmap = out[out.len() - 1]
             .to_plain_array_view::<f32>()
             .map_err(|e| Error::new(format!("feature map is not f32: {e:#}")))?;
         let fmap: Vec<f32> = fmap.iter().copied().collect();
-        Ok((embedding, tower.regions(&fmap)?))
+        Ok((embedding, kept, tower.regions(&fmap)?))
     }
 
     /// The region tower of an encoder made by [`Encoder::load_with_regions`].
@@ -376,8 +380,12 @@ impl Encoder {
     }
 
     fn run_images(&self, plan: &Plan, inputs: &[Vec<f32>]) -> Result<Vec<(Vec<f32>, Kept)>> {
-        let n = inputs.len();
         let out = self.run_raw(plan, inputs)?;
+        self.parse(&out, inputs.len())
+    }
+
+    /// The embeddings and kept outputs of `n` images from the image plan's outputs.
+    fn parse(&self, out: &[TValue], n: usize) -> Result<Vec<(Vec<f32>, Kept)>> {
         let embeddings = self.rows(&out[0], n)?;
         let (f, b) = (self.layout.features as usize, self.layout.base as usize);
         let part = |k: usize, width: usize| -> Result<Vec<Vec<f32>>> {

@@ -315,7 +315,7 @@ pub fn regions(bundle: &crate::bundle::Bundle, runs: usize, json: bool) -> Resul
     };
     let plain_ms = time(&mut || plain.embed_image(&img).map(|_| ()))?;
     let regions_ms = time(&mut || with.encode_regions(&img).map(|_| ()))?;
-    let (g, cells) = with.encode_regions(&img)?;
+    let (g, _, cells) = with.encode_regions(&img)?;
     let width = with.region_tower().map_or(0, |t| t.width);
     let query: Vec<f32> = g[..width].to_vec();
     // scoring: a candidate's one global cosine against the best of its K regions
@@ -586,6 +586,7 @@ pub fn reproject(enc: &Encoder, entries: usize, json: bool) -> Result<()> {
         dim: enc.dim(),
         bundle_id: enc.bundle().id,
         layout,
+        regions: crate::index::RegionLayout::NONE,
     };
     let mut index = Index::open_or_create_with(&dir, entries as u64, &expect)?;
     index.set_durable(false);
@@ -638,7 +639,9 @@ fn ingest_run(
 ) -> Result<(f64, f64)> {
     use crate::daemon::{ingest, Shared};
     use crate::index::{Expect, Index};
-    let enc = Encoder::load(bundle)?;
+    // as the daemon runs by default: with the regions it keeps
+    let policy = crate::daemon::RegionPolicy::DEFAULT;
+    let enc = crate::daemon::load_encoder(bundle, policy.keep > 0)?;
     let dir = std::env::temp_dir().join(format!(
         "moonlens-bench-ingest-{}-{workers}",
         std::process::id()
@@ -648,6 +651,7 @@ fn ingest_run(
         dim: enc.dim(),
         bundle_id: bundle.id,
         layout: *enc.layout(),
+        regions: crate::daemon::region_layout(&enc, policy.keep),
     };
     let index = Index::open_or_create_with(&dir, n as u64 + 8, &expect)?;
     let shared = std::sync::Arc::new(Shared::new(enc, index, "bench", Duration::from_secs(60)));

@@ -188,7 +188,7 @@ pub fn eval_regions(
     let mut globals = Vec::with_capacity(images.len());
     let mut regions = Vec::with_capacity(images.len());
     for p in &images {
-        let (g, r) = enc.encode_regions(&load_image(p)?)?;
+        let (g, _, r) = enc.encode_regions(&load_image(p)?)?;
         globals.push(g);
         regions.push(r);
         bar.inc(1);

@@ -1,6 +1,7 @@
 //! The ring index: a fixed-capacity, memory-mapped ring of int8 embeddings with their
-//! metadata, plus two parallel rings: JPEG thumbnails, and the frozen backbones' outputs the
-//! heads read (`features`). The byte layout, the commit protocol
+//! metadata, plus three parallel rings: JPEG thumbnails, the frozen backbones' outputs the
+//! heads read (`features`), and a few region embeddings of each frame that searches add to
+//! the global score (`regions`). The byte layout, the commit protocol
 //! and the recovery rules are in `FORMAT.md` beside this file.
 //!
 //! One writer, many readers, in one process: the maps sit behind an `RwLock`; a search holds
@@ -12,6 +13,7 @@ pub mod codes;
 pub mod disk;
 pub mod features;
 pub mod quarantine;
+pub mod regions;
 pub mod search;
 pub mod slot;
 pub mod snapshot;
@@ -24,13 +26,14 @@ use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
 pub const MAGIC: &[u8; 8] = b"MLINDEX\0";
-/// Format 2 added `features.ml`; a format-1 index is upgraded in place by its next writer
-/// (FORMAT.md, "Upgrading").
-pub const VERSION: u32 = 2;
+/// Format 2 added `features.ml`, format 3 `regions.ml`; an older index is upgraded in place
+/// by its next writer (FORMAT.md, "Upgrading").
+pub const VERSION: u32 = 3;
 pub const HEADER_SIZE: usize = 4096;
 /// Where a header being rewritten is staged first, inside the header page (FORMAT.md).
 pub const HEADER_COPY: usize = 2048;
 pub use features::{Kept, Layout};
+pub use regions::RegionLayout;
 use slot::Slot;
 pub use slot::{LABEL_MAX, SOURCE_MAX};
 /// Thumbnails live in fixed slots of this many bytes (a 160 px JPEG is 4-10 KiB).
@@ -46,7 +49,7 @@ pub(crate) fn crc32(data: &[u8]) -> u32 {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
-    /// 1 or 2 as read; always written as [`VERSION`].
+    /// 1 to 3 as read; always written as [`VERSION`].
     pub version: u32,
     pub dim: u32,
     pub capacity: u64,
@@ -167,6 +170,9 @@ pub struct Report {
     /// Valid entries whose backbone outputs are kept in `features.ml` (`verify` only: `None`
     /// at open, and for a format-1 index, which has no such file yet).
     pub with_features: Option<u64>,
+    /// Valid entries whose regions are kept in `regions.ml` (`verify` only: `None` at open,
+    /// and for an index older than format 3).
+    pub with_regions: Option<u64>,
 }
 
 /// What the opener of an existing index expects of it (the daemon: its bundle's).
@@ -175,6 +181,8 @@ pub struct Expect {
     pub dim: usize,
     pub bundle_id: [u8; 32],
     pub layout: Layout,
+    /// the regions it would keep of each frame ([`RegionLayout::NONE`]: none)
+    pub regions: RegionLayout,
 }
 
 struct Maps {
@@ -185,6 +193,9 @@ struct Maps {
     bundle_id: [u8; 32],
     /// what `features` keeps (changes when a re-index from thumbnails commits)
     layout: Layout,
+    regions: MmapMut,
+    /// what `regions` keeps (none after a re-index into another backbone, until a restart)
+    region_layout: RegionLayout,
     /// every slot's projection code, for two-stage searches (memory only; `codes`)
     codes: codes::Codes,
     /// bumped by every re-projection commit (codes learned before it are stale)
@@ -268,26 +279,22 @@ pub struct Next {
     new_layout: Option<Layout>,
 }
 
-/// Creates `features.ml` for `capacity` slots of `layout` (empty slots), under a temporary
-/// name, synced and renamed: it either exists whole or not at all.
-fn create_features(dir: &Path, capacity: u64, layout: &Layout) -> Result<()> {
-    let path = dir.join("features.ml");
-    let tmp = dir.join("features.ml.tmp");
-    let len = features::HEADER_SIZE as u64 + capacity * layout.slot_size() as u64;
+/// Creates the side file `name` (`features.ml`, `regions.ml`): `header`, then `len` bytes in
+/// all, every slot empty, its blocks reserved; under a temporary name, synced and renamed, so
+/// it either exists whole or not at all.
+fn create_side(dir: &Path, name: &str, header: &[u8], len: u64) -> Result<()> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
     let made = (|| -> Result<()> {
         let f = open_rw(&tmp, true)?;
-        f.set_len(0).context("emptying features.ml.tmp")?;
-        f.set_len(len).context("sizing features.ml")?;
+        f.set_len(0).context(format_args!("emptying {name}.tmp"))?;
+        f.set_len(len).context(format_args!("sizing {name}"))?;
         disk::reserve(&f, len, &path)?;
-        let h = features::Header {
-            layout: *layout,
-            capacity,
-        };
         use std::os::unix::fs::FileExt;
-        f.write_all_at(&h.encode(), 0)
-            .context("writing the features header")?;
-        f.sync_all().context("syncing features.ml")?;
-        std::fs::rename(&tmp, &path).context("renaming the new features.ml")?;
+        f.write_all_at(header, 0)
+            .context(format_args!("writing the header of {name}"))?;
+        f.sync_all().context(format_args!("syncing {name}"))?;
+        std::fs::rename(&tmp, &path).context(format_args!("renaming the new {name}"))?;
         File::open(dir)
             .and_then(|d| d.sync_all())
             .context("syncing the index directory")
@@ -296,6 +303,97 @@ fn create_features(dir: &Path, capacity: u64, layout: &Layout) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     made
+}
+
+/// Creates `features.ml` for `capacity` slots of `layout` (empty slots).
+fn create_features(dir: &Path, capacity: u64, layout: &Layout) -> Result<()> {
+    let h = features::Header {
+        layout: *layout,
+        capacity,
+    };
+    let len = features::HEADER_SIZE as u64 + capacity * layout.slot_size() as u64;
+    create_side(dir, "features.ml", &h.encode(), len)
+}
+
+/// Creates `regions.ml` for `capacity` slots of `layout` (empty slots).
+fn create_regions(dir: &Path, capacity: u64, layout: &RegionLayout) -> Result<()> {
+    let h = regions::Header {
+        layout: *layout,
+        capacity,
+    };
+    create_side(
+        dir,
+        "regions.ml",
+        &h.encode(),
+        regions_len(capacity, layout),
+    )
+}
+
+fn regions_len(capacity: u64, layout: &RegionLayout) -> u64 {
+    regions::HEADER_SIZE as u64 + capacity * layout.slot_size() as u64
+}
+
+/// Opens `regions.ml` (sized for `capacity` slots and reserved) with its layout. One that is
+/// missing, unreadable, sized for another ring, or not what `want` keeps is made anew for
+/// `want` (None: whatever the file says, or no regions): regions are a search aid computed
+/// from frames the camera no longer has, so what another layout kept is of no use and
+/// entries without regions are simply scored without them.
+fn open_regions(
+    dir: &Path,
+    capacity: u64,
+    want: Option<RegionLayout>,
+) -> Result<(File, RegionLayout)> {
+    let path = dir.join("regions.ml");
+    let found = std::fs::File::open(&path).ok().map(|f| {
+        let mut b = vec![0u8; regions::HEADER_SIZE];
+        use std::os::unix::fs::FileExt;
+        f.read_exact_at(&mut b, 0)
+            .map_err(|e| crate::Error::new(e.to_string()))
+            .and_then(|_| regions::Header::decode(&b))
+            .and_then(|h| {
+                if h.capacity == capacity {
+                    Ok(h)
+                } else {
+                    crate::bail!("capacity {} where the ring has {capacity}", h.capacity)
+                }
+            })
+    });
+    let layout = match (found, want) {
+        (Some(Ok(h)), None) => h.layout,
+        (Some(Ok(h)), Some(w)) if h.layout == w => w,
+        (found, want) => {
+            let w = want.unwrap_or(RegionLayout::NONE);
+            match found {
+                Some(Err(e)) => log::warn!(
+                    "{}: {e}; made anew: the regions it kept are lost (those entries are \
+                     searched by their whole frame)",
+                    path.display()
+                ),
+                Some(Ok(h)) if !h.layout.is_empty() => log::warn!(
+                    "{}: keeps {} regions of {} values in space {}…, this bundle makes {} of \
+                     {} in {}…: made anew (the entries stored before are searched by their \
+                     whole frame)",
+                    path.display(),
+                    h.layout.count,
+                    h.layout.width,
+                    &crate::bundle::hex(&h.layout.space_id)[..12],
+                    w.count,
+                    w.width,
+                    &crate::bundle::hex(&w.space_id)[..12]
+                ),
+                _ => {}
+            }
+            create_regions(dir, capacity, &w)?;
+            w
+        }
+    };
+    let f = open_rw(&path, false)?;
+    let len = regions_len(capacity, &layout);
+    if f.metadata().context("stat regions.ml")?.len() < len {
+        f.set_len(len).context("extending a truncated regions.ml")?;
+    }
+    disk::reserve(&f, len, &path)?;
+    Ok((f, layout))
 }
 
 /// Opens `features.ml` (sized for `capacity` slots and reserved), creating it when it is
@@ -393,6 +491,7 @@ impl Index {
             dim,
             bundle_id,
             layout: Layout::NONE,
+            regions: RegionLayout::NONE,
         };
         Self::open_or_create_with(dir, capacity, &expect)
     }
@@ -422,7 +521,7 @@ impl Index {
                 bundle_id,
                 created_ms: now_ms(),
             };
-            Self::create(dir, &h, &expect.layout)?;
+            Self::create(dir, &h, &expect.layout, &expect.regions)?;
         }
         Self::open_locked(dir, lock, Some(expect))
     }
@@ -453,7 +552,7 @@ impl Index {
         Ok(())
     }
 
-    fn create(dir: &Path, h: &Header, layout: &Layout) -> Result<()> {
+    fn create(dir: &Path, h: &Header, layout: &Layout, regions: &RegionLayout) -> Result<()> {
         // Written under temporary names and renamed: a crash leaves no half-made index. Both
         // files get their blocks now, so a disk too small for the ring fails here, at start,
         // and never under the mapping (FORMAT.md, "The media").
@@ -480,8 +579,10 @@ impl Index {
                 return Err(e);
             }
         };
-        // before index.ml exists: a format-2 index never lacks its features file
-        if let Err(e) = create_features(dir, h.capacity, layout) {
+        // before index.ml exists: a format-3 index never lacks its side files
+        if let Err(e) = create_features(dir, h.capacity, layout)
+            .and_then(|_| create_regions(dir, h.capacity, regions))
+        {
             let _ = std::fs::remove_file(&tmp);
             let _ = std::fs::remove_file(&tpath);
             return Err(e);
@@ -556,12 +657,18 @@ impl Index {
             .context("mapping thumbs.ml")?;
         let features = unsafe { MmapOptions::new().len(fwant as usize).map_mut(&ff) }
             .context("mapping features.ml")?;
+        let (rf, region_layout) = open_regions(dir, header.capacity, expect.map(|e| e.regions))?;
+        let rwant = regions_len(header.capacity, &region_layout);
+        let regions = unsafe { MmapOptions::new().len(rwant as usize).map_mut(&rf) }
+            .context("mapping regions.ml")?;
         let mut maps = Maps {
             index,
             thumbs,
             features,
             bundle_id: header.bundle_id,
             layout,
+            regions,
+            region_layout,
             codes: codes::Codes::new(header.dim as usize, header.capacity as usize),
             generation: 0,
             head: 0,
@@ -581,7 +688,8 @@ impl Index {
                 .context(format_args!("restoring the header of {}", ipath.display()))?;
         }
         if header.version < VERSION {
-            // features.ml exists and is synced (open_features): now the header says so
+            // features.ml and regions.ml exist and are synced (open_features, open_regions):
+            // now the header says so
             let old = header.version;
             header.version = VERSION;
             rewrite_header(&mut maps.index, &header).context(format_args!(
@@ -590,7 +698,8 @@ impl Index {
             ))?;
             log::info!(
                 "{}: upgraded from format {old} to {VERSION}; entries stored before keep no \
-                 backbone outputs (a re-projection re-encodes them from their thumbnails)",
+                 backbone outputs (a re-projection re-encodes them from their thumbnails) \
+                 and no regions (searched by their whole frame)",
                 ipath.display()
             );
         }
@@ -696,7 +805,7 @@ impl Index {
     }
 
     /// Append one frame, and the backbone outputs its embedding came from when the index
-    /// keeps them; returns its sequence number (its id) once all of it is on the media.
+    /// keeps them; see [`Index::append_frame`].
     pub fn append_kept(
         &self,
         ts_ms: i64,
@@ -705,6 +814,24 @@ impl Index {
         embedding: &[f32],
         thumb: &[u8],
         kept: Option<&Kept>,
+    ) -> Result<u64> {
+        self.append_frame(ts_ms, source, label, embedding, thumb, kept, None)
+    }
+
+    /// Append one frame, the backbone outputs its embedding came from and its region
+    /// embeddings (the most confident first), each when the index keeps them; returns its
+    /// sequence number (its id) once all of it is on the media. Regions of another width than
+    /// the index keeps are left out (the entry is searched by its whole frame).
+    #[allow(clippy::too_many_arguments)]
+    pub fn append_frame(
+        &self,
+        ts_ms: i64,
+        source: &str,
+        label: &str,
+        embedding: &[f32],
+        thumb: &[u8],
+        kept: Option<&Kept>,
+        regions: Option<&[Vec<f32>]>,
     ) -> Result<u64> {
         let dim = self.header.dim as usize;
         if embedding.len() != dim {
@@ -724,6 +851,10 @@ impl Index {
         let mut maps = self.maps.write().expect("index lock");
         let layout = maps.layout;
         let kept = kept.filter(|_| !layout.is_empty());
+        let rl = maps.region_layout;
+        let regions = regions.filter(|r| {
+            !rl.is_empty() && !r.is_empty() && r.iter().all(|v| v.len() == rl.width as usize)
+        });
         if let Some(k) = kept {
             if k.features.len() != layout.features as usize || k.base.len() != layout.base as usize
             {
@@ -765,6 +896,11 @@ impl Index {
         if let Some(k) = kept {
             features::encode(seq, k, &layout, &mut maps.features[foff..foff + fss]);
         }
+        let rss = rl.slot_size();
+        let roff = regions::HEADER_SIZE + slot as usize * rss;
+        if let Some(r) = regions {
+            regions::encode(seq, r, &rl, &mut maps.regions[roff..roff + rss]);
+        }
         let off = HEADER_SIZE + slot as usize * bytes.len();
         let was_live = maps.index[off..off + 8] != [0u8; 8];
         maps.index[off..off + bytes.len()].copy_from_slice(&bytes);
@@ -782,8 +918,8 @@ impl Index {
         if !self.durable {
             return Ok(seq);
         }
-        // Commit order (FORMAT.md): thumbnail, features, then slot; each flushed before
-        // acknowledging.
+        // Commit order (FORMAT.md): thumbnail, features, regions, then slot; each flushed
+        // before acknowledging.
         // Under the read lock only: searches go on while the media is slow, and the single
         // writer cannot change these pages before its own flush returns.
         let fault = std::mem::take(&mut *self.flush_fault.lock().expect("fault lock"));
@@ -798,6 +934,10 @@ impl Index {
                 .flush_range(toff, thumb.len().max(1))
                 .and_then(|_| match kept {
                     Some(_) => maps.features.flush_range(foff, fss),
+                    None => Ok(()),
+                })
+                .and_then(|_| match regions {
+                    Some(_) => maps.regions.flush_range(roff, rss),
                     None => Ok(()),
                 })
                 .and_then(|_| maps.index.flush_range(off, bytes.len()))
@@ -821,6 +961,23 @@ impl Index {
     /// What the index keeps of each frame's backbone outputs.
     pub fn layout(&self) -> Layout {
         self.maps.read().expect("index lock").layout
+    }
+
+    /// What the index keeps of each frame's regions.
+    pub fn region_layout(&self) -> RegionLayout {
+        self.maps.read().expect("index lock").region_layout
+    }
+
+    /// The regions of entry `seq`, dequantized: None when it left the ring, was stored
+    /// without them (before a format upgrade, by a bundle without regions) or they are
+    /// damaged.
+    pub fn regions(&self, seq: u64) -> Option<Vec<Vec<f32>>> {
+        self.valid(seq, |maps, (slot, _, _)| {
+            let rss = maps.region_layout.slot_size();
+            let off = regions::HEADER_SIZE + slot as usize * rss;
+            regions::decode(&maps.regions[off..off + rss], seq, &maps.region_layout)
+        })
+        .and_then(|(_, r)| r)
     }
 
     /// The backbone outputs of entry `seq`: None when it left the ring, was stored without
@@ -901,6 +1058,17 @@ impl Index {
                 (fh.capacity == h.capacity).then_some((f, fh.layout))
             });
         let mut fslot = vec![0u8; feats.as_ref().map_or(0, |(_, l)| l.slot_size())];
+        // format 3: and those whose regions are
+        let regs = (h.version >= 3)
+            .then(|| File::open(dir.join("regions.ml")).ok())
+            .flatten()
+            .and_then(|f| {
+                let mut b = vec![0u8; regions::HEADER_SIZE];
+                f.read_exact_at(&mut b, 0).ok()?;
+                let rh = regions::Header::decode(&b).ok()?;
+                (rh.capacity == h.capacity).then_some((f, rh.layout))
+            });
+        let mut rslot = vec![0u8; regs.as_ref().map_or(0, |(_, l)| l.slot_size())];
         let thumb_crc = |off: u64, len: usize| -> Option<u32> {
             let mut b = vec![0u8; len];
             thumbs.as_ref()?.read_exact_at(&mut b, off).ok()?;
@@ -909,6 +1077,7 @@ impl Index {
         let mut r = Report::new(h.capacity);
         r.bad_thumbs = Some(0);
         r.with_features = feats.as_ref().map(|_| 0);
+        r.with_regions = regs.as_ref().map(|_| 0);
         let mut slot = vec![0u8; h.slot_size as usize];
         for i in 0..h.capacity {
             let n = read_full(&mut reader, &mut slot)
@@ -917,13 +1086,20 @@ impl Index {
                 r.truncated_from(i);
                 break;
             }
-            if let (Seen::Valid(seq), Some((f, layout))) =
-                (r.tally(i, &slot, &h, Some(&thumb_crc)), &feats)
-            {
+            let Seen::Valid(seq) = r.tally(i, &slot, &h, Some(&thumb_crc)) else {
+                continue;
+            };
+            if let Some((f, layout)) = &feats {
                 let off = features::HEADER_SIZE as u64 + i * fslot.len() as u64;
                 let ok = f.read_exact_at(&mut fslot, off).is_ok()
                     && features::decode(&fslot, seq, layout).is_some();
                 *r.with_features.as_mut().expect("set with feats") += u64::from(ok);
+            }
+            if let Some((f, layout)) = &regs {
+                let off = regions::HEADER_SIZE as u64 + i * rslot.len() as u64;
+                let ok = f.read_exact_at(&mut rslot, off).is_ok()
+                    && regions::decode(&rslot, seq, layout).is_some();
+                *r.with_regions.as_mut().expect("set with regs") += u64::from(ok);
             }
         }
         r.quarantined = quarantine::slots(dir).len() as u64;
@@ -1093,6 +1269,16 @@ impl Index {
             maps.features = unsafe { MmapOptions::new().len(flen as usize).map_mut(&ff) }
                 .context("mapping the new features.ml")?;
             maps.layout = layout;
+            // the regions are the old bridge's: none until the next open makes the file for
+            // the new bundle (a crash before that leaves the old file, which that open finds
+            // foreign and makes anew, open_regions)
+            create_regions(&self.dir, self.header.capacity, &RegionLayout::NONE)?;
+            let (rf, rl) = open_regions(&self.dir, self.header.capacity, Some(RegionLayout::NONE))?;
+            let rlen = regions_len(self.header.capacity, &rl);
+            // SAFETY: as at open: our file, sized by open_regions
+            maps.regions = unsafe { MmapOptions::new().len(rlen as usize).map_mut(&rf) }
+                .context("mapping the new regions.ml")?;
+            maps.region_layout = rl;
         }
         // the old codes describe the old space; the caller learns new ones (`learn_codes`)
         maps.codes = codes::Codes::new(self.header.dim as usize, self.header.capacity as usize);
@@ -1149,6 +1335,35 @@ impl Index {
             }
         }
         maps.codes = built;
+    }
+
+    /// Adds `rq.lambda` × each hit's best region match to its score ([`search::RegionQuery`]).
+    fn add_region_scores(&self, hits: &mut [search::Hit], rq: &search::RegionQuery) {
+        let maps = self.maps.read().expect("index lock");
+        let (rl, w) = (maps.region_layout, rq.part.len());
+        let (ss, dim) = (self.header.slot_size as usize, self.header.dim as usize);
+        let rss = rl.slot_size();
+        for h in hits.iter_mut() {
+            let slot = ((h.seq - 1) % self.header.capacity) as usize;
+            let kept = (rl.width as usize == w)
+                .then(|| {
+                    let off = regions::HEADER_SIZE + slot * rss;
+                    regions::best_match(&maps.regions[off..off + rss], h.seq, &rl, &rq.part)
+                })
+                .flatten();
+            // without regions: the entry's own part in that space, its whole frame
+            let best = kept.or_else(|| {
+                let off = HEADER_SIZE + slot * ss;
+                let view = slot::SlotView::new(&maps.index[off..off + ss], dim);
+                let own = view.embedding().get(..w).filter(|_| view.seq() == h.seq)?;
+                let norm = own.iter().map(|&x| (x as f32).powi(2)).sum::<f32>().sqrt();
+                let dot: f32 = own.iter().zip(&rq.part).map(|(&x, q)| x as f32 * q).sum();
+                (norm > 0.0).then(|| dot / norm)
+            });
+            if let Some(b) = best {
+                h.score += rq.lambda * b;
+            }
+        }
     }
 
     pub(crate) fn with_slots_and_codes<R>(

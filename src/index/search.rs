@@ -47,6 +47,17 @@ pub struct Filter {
     pub source: Option<String>,
 }
 
+/// What a search adds to the global score of each of the global ranking's best
+/// [`K_MAX`] candidates: `lambda` × the best cosine of `part` (the query's part in the
+/// regions' space, unit length: `encoder::regions::query_part`) with the candidate's kept
+/// regions; for an entry stored without regions, with the same part of its own embedding
+/// (its whole frame as its one region). The hits are then ranked by that sum.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegionQuery {
+    pub part: Vec<f32>,
+    pub lambda: f32,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Hit {
     pub seq: u64,
@@ -306,6 +317,26 @@ impl Index {
     /// [`super::codes::LEARN_FROM`] entries since it was opened or re-projected).
     pub fn two_stage_ready(&self) -> bool {
         self.with_slots_and_codes(|_, _, codes| codes.ready())
+    }
+
+    /// [`Index::search_mode`], then the best [`K_MAX`] of the global ranking re-scored by
+    /// their regions ([`RegionQuery`]) and the best `k` of those returned.
+    pub fn search_with(
+        &self,
+        query: &[f32],
+        k: usize,
+        filter: &Filter,
+        mode: Mode,
+        regions: Option<&RegionQuery>,
+    ) -> Vec<Hit> {
+        let Some(rq) = regions.filter(|r| r.lambda != 0.0 && !r.part.is_empty()) else {
+            return self.search_mode(query, k, filter, mode);
+        };
+        let mut hits = self.search_mode(query, K_MAX, filter, mode);
+        self.add_region_scores(&mut hits, rq);
+        hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(b.seq.cmp(&a.seq)));
+        hits.truncate(k.clamp(1, K_MAX));
+        hits
     }
 
     pub fn search_mode(&self, query: &[f32], k: usize, filter: &Filter, mode: Mode) -> Vec<Hit> {
