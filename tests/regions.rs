@@ -163,14 +163,36 @@ fn make_format_2(dir: &Path) {
     bytes[..HEADER_SIZE].copy_from_slice(&page);
     std::fs::write(&path, bytes).unwrap();
     std::fs::remove_file(dir.join("regions.ml")).unwrap();
+    // format 2 wrote its own version into features.ml's header
+    let fpath = dir.join("features.ml");
+    let mut f = std::fs::read(&fpath).unwrap();
+    f[8..12].copy_from_slice(&2u32.to_le_bytes());
+    let crc = crc32fast::hash(&f[0..64]);
+    f[64..68].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&fpath, f).unwrap();
 }
+
+const FEATURES: Layout = Layout {
+    features: 8,
+    base: 4,
+    backbone_id: [4u8; 32],
+};
 
 #[test]
 fn a_format_2_index_is_upgraded_in_place_and_its_entries_searched_whole() {
     let d = tempdir("regions-upgrade");
+    let ex = Expect {
+        layout: FEATURES,
+        ..expect(REGIONS)
+    };
+    let kept = moonlens::index::Kept {
+        features: vec![0.5; 8],
+        base: unit(&[1.0, 2.0, 3.0, 4.0]),
+    };
     {
-        let idx = Index::open_or_create_with(&d, 8, &expect(REGIONS)).unwrap();
-        append(&idx, &[0.5], None);
+        let idx = Index::open_or_create_with(&d, 8, &ex).unwrap();
+        idx.append_kept(0, "cam0", "f", &embedding(&[0.5]), b"", Some(&kept))
+            .unwrap();
         append(&idx, &[0.6], None);
     }
     make_format_2(&d);
@@ -181,10 +203,13 @@ fn a_format_2_index_is_upgraded_in_place_and_its_entries_searched_whole() {
         "format 2 has no regions"
     );
     {
-        let idx = Index::open_or_create_with(&d, 8, &expect(REGIONS)).unwrap();
+        let idx = Index::open_or_create_with(&d, 8, &ex).unwrap();
         assert_eq!(idx.header().version, VERSION);
         assert_eq!((idx.len(), idx.region_layout()), (2, REGIONS));
         assert_eq!(idx.regions(1), None);
+        // the format-2 features.ml is kept, with what it held
+        let k = idx.kept(1).expect("kept outputs survive the upgrade");
+        assert!(cosine(&k.base, &kept.base) > 0.999);
         let seq = append(&idx, &[0.4], Some(&[unit(&[1.0, 0.0, 0.0, 0.0])]));
         assert!(idx.regions(seq).is_some());
         let (q, rq) = query();
@@ -204,9 +229,9 @@ fn a_format_2_index_is_upgraded_in_place_and_its_entries_searched_whole() {
     page[72..76].copy_from_slice(&crc.to_le_bytes());
     bytes[..HEADER_SIZE].copy_from_slice(&page);
     std::fs::write(d.join("index.ml"), bytes).unwrap();
-    let idx = Index::open_or_create_with(&d, 8, &expect(REGIONS)).unwrap();
+    let idx = Index::open_or_create_with(&d, 8, &ex).unwrap();
     assert_eq!(idx.header().version, VERSION);
-    assert!(idx.regions(3).is_some());
+    assert!(idx.regions(3).is_some() && idx.kept(1).is_some());
 }
 
 /// The daemon's ingest with the default bundle keeps the 16 most confident regions of each

@@ -50,10 +50,7 @@ pub struct RegionTower {
 pub fn feature_map(g: &pb::GraphProto, features: &str) -> Option<String> {
     let mut name = features.to_string();
     for _ in 0..4 {
-        let node = g
-            .node
-            .iter()
-            .find(|n| n.output.iter().any(|o| *o == name))?;
+        let node = g.node.iter().find(|n| n.output.contains(&name))?;
         match node.op_type.as_str() {
             "GlobalAveragePool" => return node.input.first().cloned(),
             "Flatten" | "Reshape" | "Squeeze" => name = node.input.first()?.clone(),
@@ -87,18 +84,14 @@ impl RegionTower {
                     path.display()
                 );
             }
-            g.node.retain(|n| !n.output.iter().any(|o| *o == features));
+            g.node.retain(|n| !n.output.contains(&features));
             g.input = vec![value_info(&features, Some(channels))];
             g.output.retain(|o| o.name == base);
             if g.output.is_empty() {
                 g.output.push(value_info(&base, None));
             }
             prune(g);
-            if !g
-                .node
-                .iter()
-                .any(|n| n.input.iter().any(|i| *i == features))
-            {
+            if !g.node.iter().any(|n| n.input.contains(&features)) {
                 crate::bail!(
                     "{}: the base embedding {base:?} is not computed from {features:?}",
                     path.display()

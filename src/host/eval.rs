@@ -164,7 +164,8 @@ pub fn eval(enc: &Encoder, pairs_path: &Path) -> Result<Report> {
 }
 
 /// How `eval --regions` scores a frame: global cosine + `lambda` × the best of its `cells`
-/// most confident regions' cosines with the query's part in their space.
+/// most confident regions' cosines with the query's part in their space, for the best
+/// [`crate::index::search::K_MAX`] of the global ranking (as the daemon's search does).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct RegionScoring {
     pub lambda: f32,
@@ -179,6 +180,7 @@ pub fn eval_regions(
     settings: &[RegionScoring],
 ) -> Result<Vec<(RegionScoring, Report)>> {
     use crate::encoder::regions::{best_match, most_confident, query_part};
+    use crate::index::search::K_MAX;
     let Some(tower) = enc.region_tower() else {
         crate::bail!("region scoring needs an encoder loaded with regions");
     };
@@ -217,13 +219,25 @@ pub fn eval_regions(
                 .iter()
                 .map(|r| most_confident(r.clone(), s.cells))
                 .collect();
-            let score = |q: usize, i: usize| {
-                dot(&texts[q], &globals[i]) + s.lambda * best_match(&parts[q], &kept[i])
-            };
+            // as the daemon searches: the global ranking's best K_MAX re-scored, the rest
+            // below them in their global order
             let r: Vec<usize> = (0..texts.len())
                 .map(|q| {
-                    let own = score(q, truth[q]);
-                    (0..globals.len()).filter(|&i| score(q, i) >= own).count()
+                    let global: Vec<f32> = globals.iter().map(|g| dot(&texts[q], g)).collect();
+                    let own = truth[q];
+                    let global_rank = global.iter().filter(|&&g| g >= global[own]).count();
+                    if global_rank > K_MAX {
+                        return global_rank;
+                    }
+                    let mut order: Vec<usize> = (0..global.len()).collect();
+                    order.sort_by(|&a, &b| global[b].total_cmp(&global[a]));
+                    order.truncate(K_MAX);
+                    let score = |i: usize| global[i] + s.lambda * best_match(&parts[q], &kept[i]);
+                    let mine = score(own);
+                    order
+                        .iter()
+                        .filter(|&&i| i == own || score(i) >= mine)
+                        .count()
                 })
                 .collect();
             Ok((*s, report(&pairs, &r)?))

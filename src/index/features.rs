@@ -92,7 +92,8 @@ impl Header {
         if u32_at(64) != crc32(&b[0..64]) {
             crate::bail!("features header checksum mismatch");
         }
-        if u32_at(8) != super::VERSION {
+        // format 2 made this file and format 3 did not change it (a format-2 index's is kept)
+        if !(2..=super::VERSION).contains(&u32_at(8)) {
             crate::bail!("features file of format version {}", u32_at(8));
         }
         let layout = Layout {

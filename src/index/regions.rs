@@ -212,7 +212,10 @@ mod tests {
             }
         }
         let best = best_match(&b, 9, &l, &unit([0.0, 1.0, 0.0, 0.0])).unwrap();
-        assert!((best - 0.7071).abs() < 0.01, "{best}");
+        assert!(
+            (best - std::f32::consts::FRAC_1_SQRT_2).abs() < 0.01,
+            "{best}"
+        );
         assert_eq!(best_match(&b, 8, &l, &regions[0]), None, "another entry's");
         assert_eq!(
             decode(&vec![0u8; l.slot_size()], 9, &l),
