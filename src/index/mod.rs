@@ -344,19 +344,8 @@ fn open_regions(
     want: Option<RegionLayout>,
 ) -> Result<(File, RegionLayout)> {
     let path = dir.join("regions.ml");
-    let found = std::fs::File::open(&path).ok().map(|f| {
-        let mut b = vec![0u8; regions::HEADER_SIZE];
-        use std::os::unix::fs::FileExt;
-        f.read_exact_at(&mut b, 0)
-            .map_err(|e| crate::Error::new(e.to_string()))
-            .and_then(|_| regions::Header::decode(&b))
-            .and_then(|h| {
-                if h.capacity == capacity {
-                    Ok(h)
-                } else {
-                    crate::bail!("capacity {} where the ring has {capacity}", h.capacity)
-                }
-            })
+    let found = side_header(&path, regions::HEADER_SIZE, |b| {
+        regions::Header::decode(b).and_then(|h| same_capacity(h.capacity, capacity).map(|_| h))
     });
     let layout = match (found, want) {
         (Some(Ok(h)), None) => h.layout,
@@ -387,13 +376,56 @@ fn open_regions(
             w
         }
     };
-    let f = open_rw(&path, false)?;
-    let len = regions_len(capacity, &layout);
-    if f.metadata().context("stat regions.ml")?.len() < len {
-        f.set_len(len).context("extending a truncated regions.ml")?;
+    Ok((open_side(&path, regions_len(capacity, &layout))?, layout))
+}
+
+/// The header of the side file `path` (None: there is none) by `decode` from its first
+/// `size` bytes.
+fn side_header<H>(
+    path: &Path,
+    size: usize,
+    decode: impl FnOnce(&[u8]) -> Result<H>,
+) -> Option<Result<H>> {
+    let f = std::fs::File::open(path).ok()?;
+    let mut b = vec![0u8; size];
+    use std::os::unix::fs::FileExt;
+    Some(
+        f.read_exact_at(&mut b, 0)
+            .map_err(|e| crate::Error::new(e.to_string()))
+            .and_then(|_| decode(&b)),
+    )
+}
+
+/// The header of an open side file (`verify`: None when it cannot be read or decoded).
+fn read_side_header<H>(f: &File, size: usize, decode: fn(&[u8]) -> Result<H>) -> Option<H> {
+    let mut b = vec![0u8; size];
+    use std::os::unix::fs::FileExt;
+    f.read_exact_at(&mut b, 0).ok()?;
+    decode(&b).ok()
+}
+
+/// A side file must have the ring's capacity.
+fn same_capacity(found: u64, ring: u64) -> Result<()> {
+    if found != ring {
+        crate::bail!("capacity {found} where the ring has {ring}");
     }
-    disk::reserve(&f, len, &path)?;
-    Ok((f, layout))
+    Ok(())
+}
+
+/// The side file `path` opened for writing, `len` bytes (extended with zeros if truncated:
+/// the lost slots read as empty), its blocks reserved.
+fn open_side(path: &Path, len: u64) -> Result<File> {
+    let f = open_rw(path, false)?;
+    if f.metadata()
+        .context(format_args!("stat {}", path.display()))?
+        .len()
+        < len
+    {
+        f.set_len(len)
+            .context(format_args!("extending a truncated {}", path.display()))?;
+    }
+    disk::reserve(&f, len, path)?;
+    Ok(f)
 }
 
 /// Opens `features.ml` (sized for `capacity` slots and reserved), creating it when it is
@@ -401,19 +433,8 @@ fn open_regions(
 /// would keep (None: whatever the file says).
 fn open_features(dir: &Path, capacity: u64, want: Option<Layout>) -> Result<(File, Layout)> {
     let path = dir.join("features.ml");
-    let found = std::fs::File::open(&path).ok().map(|f| {
-        let mut b = vec![0u8; features::HEADER_SIZE];
-        use std::os::unix::fs::FileExt;
-        f.read_exact_at(&mut b, 0)
-            .map_err(|e| crate::Error::new(e.to_string()))
-            .and_then(|_| features::Header::decode(&b))
-            .and_then(|h| {
-                if h.capacity == capacity {
-                    Ok(h)
-                } else {
-                    crate::bail!("capacity {} where the ring has {capacity}", h.capacity)
-                }
-            })
+    let found = side_header(&path, features::HEADER_SIZE, |b| {
+        features::Header::decode(b).and_then(|h| same_capacity(h.capacity, capacity).map(|_| h))
     });
     let layout = match (found, want) {
         (Some(Ok(h)), None) => h.layout,
@@ -453,14 +474,8 @@ fn open_features(dir: &Path, capacity: u64, want: Option<Layout>) -> Result<(Fil
             w
         }
     };
-    let f = open_rw(&path, false)?;
     let len = features::HEADER_SIZE as u64 + capacity * layout.slot_size() as u64;
-    if f.metadata().context("stat features.ml")?.len() < len {
-        f.set_len(len)
-            .context("extending a truncated features.ml")?;
-    }
-    disk::reserve(&f, len, &path)?;
-    Ok((f, layout))
+    Ok((open_side(&path, len)?, layout))
 }
 
 /// Rewrites the header page so that a crash at any byte leaves a whole header: staged at
@@ -1048,26 +1063,21 @@ impl Index {
         let (h, _) = header_page(&head[..got], &ipath)?;
         let thumbs = File::open(dir.join("thumbs.ml")).ok();
         // format 2: count the entries whose backbone outputs are readable
-        let feats = (h.version >= 2)
-            .then(|| File::open(dir.join("features.ml")).ok())
-            .flatten()
-            .and_then(|f| {
-                let mut b = vec![0u8; features::HEADER_SIZE];
-                f.read_exact_at(&mut b, 0).ok()?;
-                let fh = features::Header::decode(&b).ok()?;
-                (fh.capacity == h.capacity).then_some((f, fh.layout))
-            });
+        let side = |since: u32, name: &str| {
+            (h.version >= since)
+                .then(|| File::open(dir.join(name)).ok())
+                .flatten()
+        };
+        let feats = side(2, "features.ml").and_then(|f| {
+            let fh = read_side_header(&f, features::HEADER_SIZE, features::Header::decode)?;
+            (fh.capacity == h.capacity).then_some((f, fh.layout))
+        });
         let mut fslot = vec![0u8; feats.as_ref().map_or(0, |(_, l)| l.slot_size())];
         // format 3: and those whose regions are
-        let regs = (h.version >= 3)
-            .then(|| File::open(dir.join("regions.ml")).ok())
-            .flatten()
-            .and_then(|f| {
-                let mut b = vec![0u8; regions::HEADER_SIZE];
-                f.read_exact_at(&mut b, 0).ok()?;
-                let rh = regions::Header::decode(&b).ok()?;
-                (rh.capacity == h.capacity).then_some((f, rh.layout))
-            });
+        let regs = side(3, "regions.ml").and_then(|f| {
+            let rh = read_side_header(&f, regions::HEADER_SIZE, regions::Header::decode)?;
+            (rh.capacity == h.capacity).then_some((f, rh.layout))
+        });
         let mut rslot = vec![0u8; regs.as_ref().map_or(0, |(_, l)| l.slot_size())];
         let thumb_crc = |off: u64, len: usize| -> Option<u32> {
             let mut b = vec![0u8; len];
