@@ -474,3 +474,35 @@ fn another_users_socket_is_left_alone() {
     std::os::unix::net::UnixStream::connect(&path).unwrap();
     drop(live);
 }
+
+/// Format 3 from the command line: by default every frame keeps 16 regions, `--regions 0`
+/// none, and out-of-range settings are refused before anything is touched.
+#[test]
+fn the_daemon_keeps_regions_unless_told_not_to() {
+    let dir = tempdir("daemon-regions");
+    let d = start_in(dir.clone(), &[]);
+    let hits = ask_json(
+        &d.socket,
+        &json!({"id": 1, "cmd": "search", "text": "a banana", "k": 1}),
+    )
+    .unwrap();
+    assert_eq!(hit_labels(&hits), ["banana.png"], "{hits}");
+    drop(d);
+    let r = moonlens::index::Index::verify(&dir.join("index")).unwrap();
+    assert_eq!((r.entries, r.with_regions), (22, Some(22)), "{r:?}");
+    let dir = tempdir("daemon-no-regions");
+    drop(start_in(dir.clone(), &["--regions", "0"]));
+    let r = moonlens::index::Index::verify(&dir.join("index")).unwrap();
+    assert_eq!((r.entries, r.with_regions), (22, Some(0)), "{r:?}");
+    for bad in [["--region-weight", "1.5"], ["--regions", "65"]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_moonlensd"))
+            .args(bad)
+            .arg("--index")
+            .arg(tempdir("daemon-regions-bad").join("index"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(bad[0]), "{bad:?}: {err}");
+    }
+}

@@ -384,3 +384,56 @@ fn sighup_reloads_the_bundle_the_config_names() {
         "{st}"
     );
 }
+
+/// A reload into a bundle over the same backbone keeps the regions (their space is the base
+/// bundle's bridge), and the new model computes and searches them as the old one did.
+#[test]
+fn a_reload_over_the_same_backbone_keeps_the_regions() {
+    use moonlens::daemon::{region_layout, RegionPolicy};
+    let d = tempdir("reload-regions");
+    let bundle = default_bundle();
+    let enc = moonlens::daemon::load_encoder(&bundle, true).unwrap();
+    let expect = Expect {
+        dim: enc.dim(),
+        bundle_id: bundle.id,
+        layout: *enc.layout(),
+        regions: region_layout(&enc, RegionPolicy::DEFAULT.keep),
+    };
+    let idx = Index::open_or_create_with(&d.join("index"), 64, &expect).unwrap();
+    let s = Arc::new(Shared::new(enc, idx, "cam0", Duration::from_secs(60)));
+    for (i, name) in SAMPLES.iter().enumerate() {
+        let img = image::open(root().join("models/samples").join(name)).unwrap();
+        let (emb, kept, regions) = s.encoder().encode_regions(&img).unwrap();
+        let regions: Vec<Vec<f32>> = moonlens::encoder::regions::most_confident(regions, 16)
+            .into_iter()
+            .map(|r| r.embedding)
+            .collect();
+        s.index()
+            .append_frame(
+                i as i64,
+                "cam0",
+                name,
+                &emb,
+                b"",
+                Some(&kept),
+                Some(&regions),
+            )
+            .unwrap();
+    }
+    let twin = twin(&d);
+    assert_eq!(ask(&s, &format!("reload {}", twin.display())), "OK\n");
+    assert!(finished(&s).starts_with("done "));
+    assert!(
+        s.encoder().region_tower().is_some(),
+        "the new model has regions too"
+    );
+    for id in 1..=6u64 {
+        assert_eq!(
+            s.index().regions(id).map(|r| r.len()),
+            Some(16),
+            "entry {id}"
+        );
+    }
+    let reply = ask(&s, r#"{"cmd":"search","text":"a banana","k":1}"#);
+    assert!(reply.contains("banana.png"), "{reply}");
+}
