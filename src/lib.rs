@@ -5,8 +5,8 @@
 //! ones below it, and each binary is a thin shell over it.
 //!
 //! ```text
-//! ingest:  source ──frame──▶ encoder.image ──embedding + kept outputs──▶ index.append_kept
-//! query:   transport ──bytes──▶ protocol::parse ──Request──▶ encoder.text ──▶ index.search
+//! ingest:  source ──frame──▶ encoder.image ──embedding + kept outputs + regions──▶ index.append_frame
+//! query:   transport ──bytes──▶ protocol::parse ──Request──▶ encoder.text ──▶ index.search_with
 //!          transport ◀──bytes── protocol::emit  ◀──Response──────────────────┘
 //! learn:   tag ──▶ index::tags ──▶ host::train::site ──bundle──▶ reload:
 //!          index features ──▶ encoder::reproject ──▶ index.ml.next ──rename──▶ index
@@ -17,11 +17,15 @@
 //! - [`encoder`]: preprocessing, tokenization and the tract plans; `embed_image`,
 //!   `embed_text` (routed to the bundle's multilingual text tower when the query needs it);
 //!   `encoder::rewrite` unpacks 4-bit weight blocks before tract reads a graph;
-//!   `encoder::reproject` cuts the head out of an image tower (kept outputs → embedding).
+//!   `encoder::reproject` cuts the head out of an image tower (kept outputs → embedding);
+//!   `encoder::regions` runs the bridge over each cell of the backbone's feature map
+//!   (region embeddings).
 //! - [`error`]: one error type whose messages say what to do.
 //! - [`index`]: the memory-mapped ring of quantized embeddings and thumbnails, and of the
-//!   frozen backbones' outputs each embedding came from (`index::features`), exact top-k
-//!   search, re-projection into another bundle; the operator's tags (`index::tags`)
+//!   frozen backbones' outputs each embedding came from (`index::features`) and of a few
+//!   region embeddings per frame (`index::regions`), exact top-k search (candidates
+//!   re-scored by their best region), re-projection into another bundle; the operator's tags
+//!   (`index::tags`)
 //!   (`src/index/FORMAT.md`; the slot layout once, in `index::slot`).
 //! - [`protocol`]: typed requests parsed from bounded lines of bytes (`protocol::parse`),
 //!   typed replies rendered in the request's form (`protocol::emit`).
