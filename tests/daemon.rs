@@ -487,6 +487,19 @@ fn the_daemon_keeps_regions_unless_told_not_to() {
     )
     .unwrap();
     assert_eq!(hit_labels(&hits), ["banana.png"], "{hits}");
+    // the same search by the whole frame alone: the same frame, its plain cosine (lower:
+    // the region term is a positive match here)
+    let plain = ask_json(
+        &d.socket,
+        &json!({"id": 2, "cmd": "search", "text": "a banana", "k": 1, "regions": false}),
+    )
+    .unwrap();
+    assert_eq!(hit_labels(&plain), ["banana.png"], "{plain}");
+    let score = |v: &serde_json::Value| v["hits"][0]["score"].as_f64().unwrap();
+    assert!(
+        score(&plain) < score(&hits) && score(&plain) <= 1.0,
+        "{plain} {hits}"
+    );
     drop(d);
     let r = moonlens::index::Index::verify(&dir.join("index")).unwrap();
     assert_eq!((r.entries, r.with_regions), (22, Some(22)), "{r:?}");

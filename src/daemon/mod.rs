@@ -336,6 +336,7 @@ impl Shared {
                 until,
                 source,
                 exact,
+                regions,
             } => {
                 let now = crate::source::now_ms();
                 let mode = match exact {
@@ -352,7 +353,10 @@ impl Shared {
                 let found = self.with_query_slot(|| {
                     let model = self.model();
                     let q = model.embed_text(text)?;
-                    let rq = self.region_query(&model, &q);
+                    let rq = match regions {
+                        Some(false) => None,
+                        _ => self.region_query(&model, &q),
+                    };
                     Ok::<_, crate::Error>(self.index.search_with(
                         &q,
                         *k,

@@ -32,6 +32,9 @@ pub enum Command {
         /// `exact=1`: rank every entry exactly; `exact=0`: two stages; absent: the index
         /// chooses (two stages on rings large enough to need them, `index::search::Mode`)
         exact: Option<bool>,
+        /// `regions=0`: rank by the whole frame's cosine alone; `regions=1` or absent: add the
+        /// best region match where the index keeps regions (`moonlensd --region-weight`)
+        regions: Option<bool>,
     },
     Similar {
         id: u64,
@@ -230,7 +233,7 @@ pub enum Response {
 }
 
 pub const HELP: &[&str] = &[
-    "search <text> [k=N] [since=10m] [until=T] [source=S] [exact=0|1]  frames that match the text",
+    "search <text> [k=N] [since=10m] [until=T] [source=S] [exact=0|1] [regions=0|1]  frames that match the text",
     "similar <id> [k=N]                           frames like frame <id> (not itself)",
     "thumb <id>                                   the frame's JPEG thumbnail, base64",
     "status                                       counters and model",
@@ -257,7 +260,8 @@ mod tests {
                 since: Some(When::Ago { s: 600 }),
                 until: None,
                 source: Some("cam0".into()),
-                exact: None
+                exact: None,
+                regions: None
             }
         );
         assert_eq!(
@@ -268,7 +272,8 @@ mod tests {
                 since: None,
                 until: None,
                 source: None,
-                exact: None
+                exact: None,
+                regions: None
             }
         );
         assert!(parse(b"search k=3").is_err());
@@ -288,6 +293,18 @@ mod tests {
                 .unwrap()
                 .cmd
         );
+        // regions off on request, in both forms
+        for line in [
+            &b"search x regions=0"[..],
+            br#"{"cmd":"search","text":"x","regions":false}"#,
+        ] {
+            let Command::Search { regions, text, .. } = parse(line).unwrap().cmd else {
+                panic!("not a search")
+            };
+            assert_eq!((regions, text.as_str()), (Some(false), "x"));
+        }
+        assert!(parse(b"search x regions=some").is_err());
+        assert!(parse(br#"{"cmd":"search","text":"x","regions":"no"}"#).is_err());
         assert!(parse(b"search x exact=maybe").is_err());
         assert!(parse(br#"{"cmd":"search","text":"x","exact":1}"#).is_err());
         assert!(parse(b"search x k=0").is_err());
@@ -306,7 +323,8 @@ mod tests {
                 since: None,
                 until: None,
                 source: None,
-                exact: None
+                exact: None,
+                regions: None
             }
         );
         let e = parse(br#"{"id":"a","cmd":"search"}"#).unwrap_err();

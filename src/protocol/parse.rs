@@ -72,7 +72,7 @@ pub fn parse(line: &[u8]) -> Result<Request, ParseError> {
         "" => return Err(human("empty line; type help".into())),
         "search" | "s" => {
             let (mut k, mut since, mut until, mut source) = (DEFAULT_K, None, None, None);
-            let mut exact = None;
+            let (mut exact, mut regions) = (None, None);
             let mut words = Vec::new();
             for w in rest.split_whitespace() {
                 if let Some(v) = w.strip_prefix("k=") {
@@ -88,6 +88,12 @@ pub fn parse(line: &[u8]) -> Result<Request, ParseError> {
                         "1" | "true" => Some(true),
                         "0" | "false" => Some(false),
                         _ => return Err(human(format!("exact={v}: use exact=1 or exact=0"))),
+                    };
+                } else if let Some(v) = w.strip_prefix("regions=") {
+                    regions = match v {
+                        "1" | "true" => Some(true),
+                        "0" | "false" => Some(false),
+                        _ => return Err(human(format!("regions={v}: use regions=1 or regions=0"))),
                     };
                 } else {
                     words.push(w);
@@ -105,6 +111,7 @@ pub fn parse(line: &[u8]) -> Result<Request, ParseError> {
                 until,
                 source,
                 exact,
+                regions,
             }
         }
         "similar" => {
@@ -246,6 +253,11 @@ fn parse_json(text: &str) -> Result<Request, ParseError> {
                 None => None,
                 Some(Value::Bool(b)) => Some(*b),
                 Some(_) => return Err(err("\"exact\" must be true or false".into())),
+            },
+            regions: match obj.get("regions") {
+                None => None,
+                Some(Value::Bool(b)) => Some(*b),
+                Some(_) => return Err(err("\"regions\" must be true or false".into())),
             },
         },
         Some("similar") => Command::Similar {
