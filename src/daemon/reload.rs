@@ -9,7 +9,8 @@
 //! through the new tower. That costs quality (a 160-px JPEG instead of the frame: cosine
 //! 0.93-0.97 to the frame's embedding on the samples, tests/reload.rs) and time (the whole
 //! tower per entry), and `features.ml` starts afresh for the new backbone (new frames keep
-//! outputs again).
+//! outputs again); `regions.ml` keeps none until the next start makes it for the new
+//! bundle's bridge. A reload over the same backbone keeps the regions: same bridge.
 //!
 //! The new embeddings go to `index.ml.next` while queries keep answering from the old ones.
 //! The commit, under the ingest thread's turn and the model's write lock: what was appended
