@@ -359,9 +359,9 @@ fn open_regions(
                     path.display()
                 ),
                 Some(Ok(h)) if !h.layout.is_empty() => log::warn!(
-                    "{}: keeps {} regions of {} values in space {}…, this bundle makes {} of \
-                     {} in {}…: made anew (the entries stored before are searched by their \
-                     whole frame)",
+                    "{}: keeps {} regions of {} values in space {}…, {} of {} in {}… are wanted \
+                     (--regions, the bundle): made anew (the entries stored before are \
+                     searched by their whole frame)",
                     path.display(),
                     h.layout.count,
                     h.layout.width,
@@ -387,21 +387,16 @@ fn side_header<H>(
     decode: impl FnOnce(&[u8]) -> Result<H>,
 ) -> Option<Result<H>> {
     let f = std::fs::File::open(path).ok()?;
-    let mut b = vec![0u8; size];
-    use std::os::unix::fs::FileExt;
-    Some(
-        f.read_exact_at(&mut b, 0)
-            .map_err(|e| crate::Error::new(e.to_string()))
-            .and_then(|_| decode(&b)),
-    )
+    Some(header_bytes(&f, size).and_then(|b| decode(&b)))
 }
 
-/// The header of an open side file (`verify`: None when it cannot be read or decoded).
-fn read_side_header<H>(f: &File, size: usize, decode: fn(&[u8]) -> Result<H>) -> Option<H> {
+/// The first `size` bytes of a side file.
+fn header_bytes(f: &File, size: usize) -> Result<Vec<u8>> {
     let mut b = vec![0u8; size];
     use std::os::unix::fs::FileExt;
-    f.read_exact_at(&mut b, 0).ok()?;
-    decode(&b).ok()
+    f.read_exact_at(&mut b, 0)
+        .map_err(|e| crate::Error::new(e.to_string()))?;
+    Ok(b)
 }
 
 /// A side file must have the ring's capacity.
@@ -1069,13 +1064,14 @@ impl Index {
                 .flatten()
         };
         let feats = side(2, "features.ml").and_then(|f| {
-            let fh = read_side_header(&f, features::HEADER_SIZE, features::Header::decode)?;
+            let fh =
+                features::Header::decode(&header_bytes(&f, features::HEADER_SIZE).ok()?).ok()?;
             (fh.capacity == h.capacity).then_some((f, fh.layout))
         });
         let mut fslot = vec![0u8; feats.as_ref().map_or(0, |(_, l)| l.slot_size())];
         // format 3: and those whose regions are
         let regs = side(3, "regions.ml").and_then(|f| {
-            let rh = read_side_header(&f, regions::HEADER_SIZE, regions::Header::decode)?;
+            let rh = regions::Header::decode(&header_bytes(&f, regions::HEADER_SIZE).ok()?).ok()?;
             (rh.capacity == h.capacity).then_some((f, rh.layout))
         });
         let mut rslot = vec![0u8; regs.as_ref().map_or(0, |(_, l)| l.slot_size())];
