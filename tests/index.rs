@@ -303,6 +303,16 @@ fn truncation_and_bad_headers_are_clear() {
     assert!(e.contains("not a moonlens index"), "{e}");
 }
 
+/// Regions read back equal the harness's for `seq`, up to int8 storage.
+fn same_regions(got: &[Vec<f32>], seq: u64) -> bool {
+    let want = moonlens::host::crash::regions_for(seq);
+    got.len() == want.len()
+        && got
+            .iter()
+            .zip(&want)
+            .all(|(a, b)| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1.0 / 127.0))
+}
+
 /// SIGKILL a writer process at random moments, 200 times; every acknowledged entry must be
 /// present and exact on reopen, and nothing invalid may be returned.
 #[test]
@@ -355,6 +365,20 @@ fn every_acknowledged_entry_survives_sigkill() {
             let (want, _) = moonlens::index::quantize(&embedding_for(seq));
             assert_eq!(e.embedding, want);
             assert_eq!(e.label, format!("frame-{seq}"));
+            // its regions were flushed before the entry: present and its own
+            let regions = idx
+                .regions(seq)
+                .unwrap_or_else(|| panic!("acknowledged entry {seq} lost its regions"));
+            assert!(
+                same_regions(&regions, seq),
+                "entry {seq}: another's regions"
+            );
+        }
+        // whatever else reads back is the entry's own (a torn regions slot reads as none)
+        for seq in idx.head().saturating_sub(capacity) + 1..=idx.head() {
+            if let Some(r) = idx.regions(seq) {
+                assert!(same_regions(&r, seq), "entry {seq}: another's regions");
+            }
         }
         for h in idx.search(&embedding_for(max_acked), K_MAX, &Filter::default()) {
             let e = idx

@@ -30,17 +30,44 @@ pub fn thumb_for(seq: u64) -> Vec<u8> {
         .collect()
 }
 
+/// What the harness keeps of each frame's regions (`regions.ml`, format 3).
+pub const REGIONS: crate::index::RegionLayout = crate::index::RegionLayout {
+    count: 2,
+    width: 16,
+    space_id: [8u8; 32],
+};
+
+/// The regions the harness stores for `seq`: two unit vectors, deterministic and distinct.
+pub fn regions_for(seq: u64) -> Vec<Vec<f32>> {
+    [777, 999]
+        .iter()
+        .map(|k| {
+            let v = &embedding_for(seq * 3 + k)[..REGIONS.width as usize];
+            let n = v.iter().map(|a| a * a).sum::<f32>().sqrt();
+            v.iter().map(|a| a / n).collect()
+        })
+        .collect()
+}
+
 pub fn writer(dir: &Path, capacity: u64, count: u64) -> Result<()> {
-    let idx = Index::open_or_create(dir, DIM, capacity, [7u8; 32])?;
+    let expect = crate::index::Expect {
+        dim: DIM,
+        bundle_id: [7u8; 32],
+        layout: crate::index::Layout::NONE,
+        regions: REGIONS,
+    };
+    let idx = Index::open_or_create_with(dir, capacity, &expect)?;
     let out = std::io::stdout();
     for _ in 0..count {
         let seq = idx.head() + 1;
-        let got = idx.append(
+        let got = idx.append_frame(
             seq as i64,
             "crash",
             &format!("frame-{seq}"),
             &embedding_for(seq),
             &thumb_for(seq),
+            None,
+            Some(&regions_for(seq)),
         )?;
         assert_eq!(got, seq);
         let mut o = out.lock();

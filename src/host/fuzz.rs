@@ -193,16 +193,38 @@ fn protocol(seconds: f64, seed: u64, crash_dir: &Path) -> Result<Report> {
 fn index(seconds: f64, seed: u64, crash_dir: &Path) -> Result<Report> {
     const DIM: usize = 16;
     let base = scratch("index-base");
+    let regions = crate::index::RegionLayout {
+        count: 2,
+        width: 4,
+        space_id: [4u8; 32],
+    };
     {
-        let idx = Index::open_or_create(&base, DIM, 24, [3u8; 32])?;
+        let expect = crate::index::Expect {
+            dim: DIM,
+            bundle_id: [3u8; 32],
+            layout: crate::index::Layout::NONE,
+            regions,
+        };
+        let idx = Index::open_or_create_with(&base, 24, &expect)?;
         for seq in 1..=30u64 {
             let mut e = embedding_for(seq);
             e.truncate(DIM);
-            idx.append(seq as i64, "cam0", &format!("f{seq}"), &e, &thumb_for(seq))?;
+            let r: Vec<Vec<f32>> = e.chunks(4).take(2).map(|c| c.to_vec()).collect();
+            let t = thumb_for(seq);
+            idx.append_frame(
+                seq as i64,
+                "cam0",
+                &format!("f{seq}"),
+                &e,
+                &t,
+                None,
+                Some(&r),
+            )?;
         }
     }
     let seed_index = std::fs::read(base.join("index.ml")).context("fuzz scratch files")?;
     let seed_thumbs = std::fs::read(base.join("thumbs.ml")).context("fuzz scratch files")?;
+    let seed_regions = std::fs::read(base.join("regions.ml")).context("fuzz scratch files")?;
     let work = scratch("index");
     std::fs::create_dir_all(&work).context("fuzz scratch files")?;
     let mut rng = Rng(seed | 1);
@@ -211,6 +233,10 @@ fn index(seconds: f64, seed: u64, crash_dir: &Path) -> Result<Report> {
         ..Default::default()
     };
     let query: Vec<f32> = embedding_for(5).into_iter().take(DIM).collect();
+    let rq = crate::index::search::RegionQuery {
+        part: query[..4].to_vec(),
+        lambda: 0.5,
+    };
     let _quiet = QuietPanics::new();
     let t0 = Instant::now();
     while t0.elapsed().as_secs_f64() < seconds {
@@ -220,9 +246,15 @@ fn index(seconds: f64, seed: u64, crash_dir: &Path) -> Result<Report> {
         } else {
             seed_thumbs.clone()
         };
+        let rb = if rng.below(4) == 0 {
+            mutate(&mut rng, std::slice::from_ref(&seed_regions), 1 << 20)
+        } else {
+            seed_regions.clone()
+        };
         let _ = std::fs::remove_file(work.join("quarantine.ml"));
         std::fs::write(work.join("index.ml"), &ib).context("fuzz scratch files")?;
         std::fs::write(work.join("thumbs.ml"), &tb).context("fuzz scratch files")?;
+        std::fs::write(work.join("regions.ml"), &rb).context("fuzz scratch files")?;
         let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let _ = Index::verify(&work);
             let Ok(idx) = Index::open(&work) else {
@@ -231,6 +263,14 @@ fn index(seconds: f64, seed: u64, crash_dir: &Path) -> Result<Report> {
             let hits = idx.search(&query, 10, &Filter::default());
             for h in &hits {
                 assert!(idx.get(h.seq).is_some(), "a hit must be a valid entry");
+            }
+            // regions read from damaged bytes: the entry's own or none, never garbage
+            let mode = crate::index::search::Mode::Exact;
+            for h in idx.search_with(&query, 10, &Filter::default(), mode, Some(&rq)) {
+                assert!(h.score.is_finite(), "a region score must be a number");
+                if let Some(r) = idx.regions(h.seq) {
+                    assert!(r.len() <= 2 && r.iter().all(|v| v.iter().all(|x| x.is_finite())));
+                }
             }
             let next = idx.append(99, "cam1", "new", &query, b"jpeg");
             if let Ok(seq) = next {
