@@ -277,3 +277,31 @@ fn contact_sheet_shows_the_best_hits_first() {
     // 4 tiles a row, 2 rows for 6 hits
     assert_eq!((img.width(), img.height()), (4 * 200 + 20, 2 * 236 + 60));
 }
+
+/// With regions the sheet ranks as the daemon does and outlines each hit's best region.
+#[test]
+fn contact_sheet_with_regions_outlines_the_best_region() {
+    let d = tempdir("sheet-regions");
+    let pairs = d.join("samples.jsonl");
+    let mut f = std::fs::File::create(&pairs).unwrap();
+    for name in ["rabbit", "pizza", "banana", "duck", "bee"] {
+        let p = root().join(format!("models/samples/{name}.png"));
+        writeln!(f, "{}", serde_json::json!({"image": p, "text": name})).unwrap();
+    }
+    drop(f);
+    let enc = moonlens::encoder::Encoder::load_with_regions(&default_bundle()).unwrap();
+    let out = d.join("sheet.png");
+    let hits =
+        moonlens::host::sheet::sheet_with_regions(&enc, &pairs, "a banana", 3, &out, 0.1).unwrap();
+    assert_eq!(hits.len(), 3);
+    assert!(hits[0].0.ends_with("banana.png"), "{hits:?}");
+    assert!(hits.windows(2).all(|w| w[0].1 >= w[1].1), "{hits:?}");
+    let img = image::open(&out).unwrap().to_rgb8();
+    let orange = img.pixels().filter(|p| p.0 == [230, 120, 20]).count();
+    assert!(orange > 100, "outlines drawn: {orange} orange pixels");
+    // without regions: no outline
+    let plain = d.join("plain.png");
+    moonlens::host::sheet::sheet(encoder(), &pairs, "a banana", 3, &plain).unwrap();
+    let img = image::open(&plain).unwrap().to_rgb8();
+    assert_eq!(img.pixels().filter(|p| p.0 == [230, 120, 20]).count(), 0);
+}

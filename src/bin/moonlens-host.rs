@@ -127,8 +127,14 @@ fn run(cmd: Cmd) -> Result<()> {
             query,
             out,
             k,
+            regions,
         } => {
-            let hits = moonlens::host::sheet::sheet(&encoder(&bundle)?, &pairs, &query, k, &out)?;
+            let hits = if regions > 0.0 {
+                let enc = Encoder::load_with_regions(&Bundle::open(&bundle)?)?;
+                moonlens::host::sheet::sheet_with_regions(&enc, &pairs, &query, k, &out, regions)?
+            } else {
+                moonlens::host::sheet::sheet(&encoder(&bundle)?, &pairs, &query, k, &out)?
+            };
             for (path, score) in &hits {
                 eprintln!("{score:.4}  {path}");
             }

@@ -203,7 +203,7 @@ impl Encoder {
                         Some(regions::RegionTower::load(
                             bundle,
                             c as usize,
-                            (h * w) as usize,
+                            (h as usize, w as usize),
                         )?)
                     }
                     None => None,

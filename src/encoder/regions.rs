@@ -25,6 +25,8 @@ use tract_onnx::tract_core::dims;
 /// The embedding of one cell of the feature map, with the bridge's confidence in it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Region {
+    /// Which cell of the feature map, row by row (see [`cell_box`] for where it is).
+    pub cell: usize,
     /// L2-normalized, in the space of the bundle's base (bridge) embedding.
     pub embedding: Vec<f32>,
     /// The largest class probability the bridge gave the cell (0 when it has no softmax).
@@ -40,6 +42,8 @@ pub struct RegionTower {
     pub channels: usize,
     /// Cells of the map (`H·W`): the batch of the plan.
     pub cells: usize,
+    /// The map's rows and columns (`H`, `W`).
+    pub grid: (usize, usize),
     /// Width of a region embedding.
     pub width: usize,
     has_confidence: bool,
@@ -64,7 +68,8 @@ impl RegionTower {
     /// The bridge of `bundle`'s image tower, for a feature map of `channels × cells` (as the
     /// image plan declares it). Errors name what the bundle lacks: pooled `features`, a
     /// base embedding computed from them.
-    pub fn load(bundle: &Bundle, channels: usize, cells: usize) -> Result<RegionTower> {
+    pub fn load(bundle: &Bundle, channels: usize, grid: (usize, usize)) -> Result<RegionTower> {
+        let cells = grid.0 * grid.1;
         let m = &bundle.manifest;
         let path = bundle.path(&m.image.file);
         let Some(features) = m.image.features.clone() else {
@@ -132,6 +137,7 @@ impl RegionTower {
             fmap: fmap.expect("checked in the edit"),
             channels,
             cells,
+            grid,
             width,
             has_confidence,
         })
@@ -173,7 +179,9 @@ impl RegionTower {
         Ok(embeddings
             .into_iter()
             .zip(confidence)
-            .map(|(embedding, confidence)| Region {
+            .enumerate()
+            .map(|(cell, (embedding, confidence))| Region {
+                cell,
                 embedding,
                 confidence,
             })
@@ -227,6 +235,30 @@ pub fn query_part(bundle: &Bundle, query: &[f32], width: usize) -> Option<Vec<f3
     (norm > 0.0).then(|| part.iter().map(|x| x / norm).collect())
 }
 
+/// Where `cell` of a `grid` feature map lies in an image of `size` (width, height) pixels, as
+/// (left, top, right, bottom): the cells tile the centre crop the tower saw (`spec`'s resize
+/// and crop, [`super::preprocess::geometry`]), mapped back to the image.
+pub fn cell_box(
+    spec: &crate::bundle::ImageTower,
+    grid: (usize, usize),
+    cell: usize,
+    size: (u32, u32),
+) -> (f32, f32, f32, f32) {
+    let (w, h) = (size.0.max(1) as usize, size.1.max(1) as usize);
+    let (crop, resize) = (spec.crop as usize, spec.resize as usize);
+    let (nh, _, top, left) = super::preprocess::geometry(h, w, resize, crop);
+    let scale = h as f32 / nh as f32;
+    let (ch, cw) = (crop as f32 / grid.0 as f32, crop as f32 / grid.1 as f32);
+    let (r, c) = (cell / grid.1, cell % grid.1);
+    let at = |crop_px: f32, offset: usize| (crop_px + offset as f32) * scale;
+    (
+        at(c as f32 * cw, left),
+        at(r as f32 * ch, top),
+        at((c + 1) as f32 * cw, left),
+        at((r + 1) as f32 * ch, top),
+    )
+}
+
 /// The `keep` regions a frame keeps: the most confident first (all when `keep` ≥ their count;
 /// ties in cell order).
 pub fn most_confident(mut regions: Vec<Region>, keep: usize) -> Vec<Region> {
@@ -274,8 +306,39 @@ mod tests {
     }
 
     #[test]
+    fn a_cell_maps_back_to_its_part_of_the_image() {
+        let spec: crate::bundle::ImageTower = toml::from_str(
+            "file = \"i\"\ninput = \"x\"\noutput = \"y\"\nshape = [3, 224, 224]\n\
+             channel_order = \"rgb\"\nresize = 256\ncrop = 224\nmean = [0.0, 0.0, 0.0]\n\
+             std = [1.0, 1.0, 1.0]\nbackground = [255, 255, 255]\n",
+        )
+        .unwrap();
+        // 448 x 448 → 256 x 256, crop offset 16: the last cell is crop pixels 192..224, image
+        // pixels (16 + 192) * 1.75 = 364 .. (16 + 224) * 1.75 = 420
+        let b = cell_box(&spec, (7, 7), 48, (448, 448));
+        for (got, want) in [b.0, b.1, b.2, b.3]
+            .iter()
+            .zip([364.0, 364.0, 420.0, 420.0])
+        {
+            assert!((got - want).abs() < 0.01, "{b:?}");
+        }
+        // a 640 x 480 frame → 341 x 256, crop at (58, 16), 1.875 image pixels a tower pixel:
+        // cell 0 starts past the cut-off sides, 60 pixels a side
+        let (l, t, r, bt) = cell_box(&spec, (7, 7), 0, (640, 480));
+        assert!(
+            (l - 108.75).abs() < 0.5 && (t - 30.0).abs() < 0.5,
+            "{l} {t}"
+        );
+        assert!(
+            (r - l - 60.0).abs() < 0.5 && (bt - t - 60.0).abs() < 0.5,
+            "{r} {bt}"
+        );
+    }
+
+    #[test]
     fn the_most_confident_regions_are_kept_and_the_best_match_wins() {
         let r = |e: [f32; 2], c: f32| Region {
+            cell: 0,
             embedding: e.to_vec(),
             confidence: c,
         };

@@ -102,6 +102,10 @@ pub enum Cmd {
         /// Matches to show
         #[arg(long, default_value_t = 12)]
         k: usize,
+        /// Rank as the daemon does with regions: global + λ × best region, the best region
+        /// of each hit outlined (0: the global cosine alone)
+        #[arg(long, value_name = "λ", default_value_t = 0.0)]
+        regions: f32,
     },
     /// Check a converted bundle's reference.json (onnxruntime's outputs) against tract
     Parity {
