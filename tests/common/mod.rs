@@ -51,11 +51,36 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     moonlens::encoder::cosine(a, b)
 }
 
+/// A fresh directory for one test, `moonlens-test-<name>-<pid>` under the temp dir. The
+/// first call of a test process removes what earlier test processes left there (their pid
+/// is gone): ring files are reserved whole, so a few hundred runs once filled the disk.
 pub fn tempdir(name: &str) -> PathBuf {
+    static SWEPT: OnceLock<()> = OnceLock::new();
+    SWEPT.get_or_init(remove_dead_runs);
     let d = std::env::temp_dir().join(format!("moonlens-test-{}-{}", name, std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+/// Removes the `moonlens-test-*` directories of test processes that no longer run.
+fn remove_dead_runs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("moonlens-test-")
+            .and_then(|rest| rest.rsplit('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// The real daemon binary replaying `models/samples/` into a fresh index, with a socket;
