@@ -227,25 +227,28 @@ pub fn search(
 
 /// Per tower: median latency over `runs` runs after warm-up, on one thread and on all cores
 /// (tract's rayon executor), and load time.
+/// The median wall time of `runs` calls of `f`, in ms, after 3 warm-up calls.
+fn median_ms(runs: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+    for _ in 0..3 {
+        f()?;
+    }
+    let mut v = Vec::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        f()?;
+        v.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    v.sort_by(f64::total_cmp);
+    Ok(percentile(&v, 0.5))
+}
+
 pub fn encode(enc: &Encoder, runs: usize, json: bool) -> Result<()> {
     use tract_linalg::multithread::{multithread_tract_scope, Executor};
     let runs = runs.max(5);
     let img = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(640, 480, |x, y| {
         image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x * y) % 256) as u8])
     }));
-    let time = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
-        for _ in 0..3 {
-            f()?;
-        }
-        let mut v = Vec::new();
-        for _ in 0..runs {
-            let t = Instant::now();
-            f()?;
-            v.push(t.elapsed().as_secs_f64() * 1e3);
-        }
-        v.sort_by(f64::total_cmp);
-        Ok(percentile(&v, 0.5))
-    };
+    let time = |f: &mut dyn FnMut() -> Result<()>| median_ms(runs, f);
     let pre = time(&mut || {
         std::hint::black_box(enc.preprocess(&img));
         Ok(())
@@ -302,17 +305,7 @@ pub fn regions(bundle: &crate::bundle::Bundle, runs: usize, json: bool) -> Resul
     let with = Encoder::load_with_regions(bundle)?;
     let img = image::open("models/samples/pizza.png")
         .unwrap_or_else(|_| image::DynamicImage::new_rgb8(640, 480));
-    let time = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
-        f()?;
-        let mut v = Vec::new();
-        for _ in 0..runs {
-            let t = Instant::now();
-            f()?;
-            v.push(t.elapsed().as_secs_f64() * 1e3);
-        }
-        v.sort_by(f64::total_cmp);
-        Ok(percentile(&v, 0.5))
-    };
+    let time = |f: &mut dyn FnMut() -> Result<()>| median_ms(runs, f);
     let plain_ms = time(&mut || plain.embed_image(&img).map(|_| ()))?;
     let regions_ms = time(&mut || with.encode_regions(&img).map(|_| ()))?;
     let (g, _, cells) = with.encode_regions(&img)?;
