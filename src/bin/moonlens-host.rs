@@ -74,8 +74,21 @@ fn run(cmd: Cmd) -> Result<()> {
             student,
             char_buckets,
             char_trigram_buckets,
+            ranking,
+            ranking_temperature,
             training,
         } => {
+            if !(0.0..=10.0).contains(&ranking) || ranking_temperature <= 0.0 {
+                moonlens::bail!(
+                    "--ranking takes a weight from 0 to 10 and --ranking-temperature a value \
+                     above 0 (got {ranking}, {ranking_temperature})"
+                );
+            }
+            let cfg = train::Config {
+                ranking,
+                temperature: ranking_temperature,
+                ..training.config()
+            };
             let t = train::distill::run(
                 &Bundle::open(teacher)?,
                 train::distill::Student {
@@ -89,9 +102,41 @@ fn run(cmd: Cmd) -> Result<()> {
                 &training.val,
                 &training.out,
                 training.cache.as_deref(),
-                &training.config(),
+                &cfg,
             )?;
             print_run(&training.out, &t.history, t.best_epoch);
+        }
+        Cmd::Route {
+            bundle,
+            english,
+            parallel,
+            val_english,
+            val_parallel,
+            max_misroute,
+            buckets,
+            epochs,
+        } => {
+            use moonlens::host::route;
+            if !(0.0..1.0).contains(&max_misroute) || buckets == 0 || buckets > 1 << 24 {
+                moonlens::bail!(
+                    "--max-misroute takes a share from 0 up to (not including) 1 and --buckets \
+                     1 to {} (got {max_misroute}, {buckets})",
+                    1 << 24
+                );
+            }
+            let opt = route::Options {
+                buckets,
+                epochs,
+                max_misroute,
+                seed: 1,
+            };
+            let train = route::texts(&english, &parallel)?;
+            let val = route::texts(&val_english, &val_parallel)?;
+            let (out, report) = route::run(&bundle, &train, &val, &opt)?;
+            println!(
+                "{}",
+                serde_json::json!({"bundle": out.dir, "id": out.id_hex(), "report": report})
+            );
         }
         Cmd::Export {
             heads,

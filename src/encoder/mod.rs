@@ -10,6 +10,7 @@
 //! 3-token query does not pay for 128.
 
 pub mod char_bag;
+pub mod language;
 pub mod preprocess;
 pub mod regions;
 pub mod reproject;
@@ -47,8 +48,9 @@ pub struct Encoder {
     /// (the feature map is then the image plan's last output).
     regions: Option<regions::RegionTower>,
     text: TextEncoder,
-    /// The bundle's `[multilingual]` text tower, for queries [`needs_multilingual`] sends there.
-    multilingual: Option<TextEncoder>,
+    /// The bundle's `[multilingual]` text tower, for queries [`Encoder::text_tower`] sends
+    /// there, and its router.
+    multilingual: Option<(TextEncoder, Option<language::Router>)>,
     /// Wall time of [`Encoder::load`]: all towers parsed, optimized and ready.
     pub load_time: Duration,
     /// What each tower took on its own thread (the load is the slowest of them).
@@ -246,8 +248,11 @@ impl Encoder {
             let multilingual = s.spawn(|| match (&m.multilingual, which) {
                 (Some(spec), Outputs::Final) => {
                     let t = Instant::now();
+                    let route = (spec.route.as_ref())
+                        .map(|f| language::Router::load(&bundle.path(f)))
+                        .transpose()?;
                     TextEncoder::load(bundle, spec, &spec.output, true)
-                        .map(|e| Some((e, t.elapsed())))
+                        .map(|e| Some(((e, route), t.elapsed())))
                 }
                 _ => Ok(None),
             });
@@ -289,12 +294,26 @@ impl Encoder {
     }
 
     /// The text tower that answers `query`: the `[multilingual]` one when the bundle has it
-    /// and [`needs_multilingual`] says so, the `[text]` one otherwise.
+    /// and [`needs_multilingual`] says so or the bundle's router ([`language`]) finds the
+    /// query is not English, the `[text]` one otherwise.
     pub fn text_tower(&self, query: &str) -> &TextEncoder {
         match &self.multilingual {
-            Some(m) if needs_multilingual(query) => m,
-            _ => &self.text,
+            Some((m, route)) => {
+                let other = needs_multilingual(query)
+                    || route.as_ref().is_some_and(|r| !r.is_english(query));
+                if other {
+                    m
+                } else {
+                    &self.text
+                }
+            }
+            None => &self.text,
         }
+    }
+
+    /// The bundle's router for unaccented Latin-script queries, when it has one.
+    pub fn router(&self) -> Option<&language::Router> {
+        self.multilingual.as_ref().and_then(|(_, r)| r.as_ref())
     }
 
     /// The `[text]` tower (what the index was trained against), whatever the query.
@@ -304,7 +323,7 @@ impl Encoder {
 
     /// The `[multilingual]` text tower, when the bundle has one.
     pub fn multilingual(&self) -> Option<&TextEncoder> {
-        self.multilingual.as_ref()
+        self.multilingual.as_ref().map(|(m, _)| m)
     }
 
     /// What [`Encoder::encode_images`] returns beside each embedding.

@@ -55,8 +55,63 @@ pub enum Cmd {
         /// their own after the CJK ones (0: none)
         #[arg(long, value_name = "N", default_value_t = 0)]
         char_trigram_buckets: usize,
+        /// Weight of a ranking term beside the cosine distance: each text should be nearer
+        /// its own target than the batch's other targets (soft targets; 0: the cosine alone)
+        #[arg(long, value_name = "W", default_value_t = 0.0)]
+        ranking: f64,
+        /// Softmax temperature of the ranking term
+        #[arg(long, value_name = "T", default_value_t = 0.05, requires = "ranking")]
+        ranking_temperature: f64,
         #[command(flatten)]
         training: Training,
+    },
+    /// Train the router that sends unaccented queries that are not English to a bundle's
+    /// multilingual tower, and add it to the bundle (route.bin)
+    Route {
+        /// The bundle to add it to (changed in place)
+        #[arg(long, value_name = "BUNDLE")]
+        bundle: PathBuf,
+        /// English texts: pairs files (their captions)
+        #[arg(
+            long,
+            value_name = "FILE.jsonl,…",
+            value_delimiter = ',',
+            required = true
+        )]
+        english: Vec<PathBuf>,
+        /// Parallel files: English sources and their translations
+        #[arg(
+            long,
+            value_name = "FILE.jsonl,…",
+            value_delimiter = ',',
+            required = true
+        )]
+        parallel: Vec<PathBuf>,
+        /// Validation English pairs files (the threshold is chosen on them)
+        #[arg(
+            long,
+            value_name = "FILE.jsonl,…",
+            value_delimiter = ',',
+            required = true
+        )]
+        val_english: Vec<PathBuf>,
+        /// Validation parallel files (reported per language)
+        #[arg(
+            long,
+            value_name = "FILE.jsonl,…",
+            value_delimiter = ',',
+            required = true
+        )]
+        val_parallel: Vec<PathBuf>,
+        /// At most this share of the English validation texts may leave the English tower
+        #[arg(long, value_name = "F", default_value_t = 0.01)]
+        max_misroute: f64,
+        /// Hashed feature slots
+        #[arg(long, value_name = "N", default_value_t = 1 << 17)]
+        buckets: usize,
+        /// Passes over the training texts
+        #[arg(long, default_value_t = 8)]
+        epochs: usize,
     },
     /// Export trained heads as a model bundle the daemon loads
     Export {

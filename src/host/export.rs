@@ -445,7 +445,7 @@ pub fn export(heads: &Heads, base: &Bundle, out: &Path, int8: bool, mix: f64) ->
 }
 
 /// Writes `out/bundle.toml` and opens the bundle (every hash verified).
-fn write_manifest(out: &Path, manifest: &Manifest, by: &str) -> Result<Bundle> {
+pub(crate) fn write_manifest(out: &Path, manifest: &Manifest, by: &str) -> Result<Bundle> {
     let text = format!(
         "# moonlens model bundle (format 1), written by {by}.\n\
          # See models/README.md for every field.\n{}",

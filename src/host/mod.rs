@@ -15,6 +15,7 @@ pub mod pairs;
 pub mod parity;
 pub mod plot;
 pub mod progress;
+pub mod route;
 pub mod sentences;
 pub mod sheet;
 pub mod train;

@@ -144,7 +144,14 @@ impl epochs::Fit for Towards<'_> {
     ) -> Option<f64> {
         let (x, t) = batch(self.train, chunk);
         let (out, tape) = head.forward(&x, Some((self.cfg.dropout, rng)));
-        let (l, d_out) = loss::cosine_distance(&out, &t);
+        let (mut l, mut d_out) = loss::cosine_distance(&out, &t);
+        if self.cfg.ranking > 0.0 {
+            let (r, d_r) = loss::soft_ranking(&out, &t, self.cfg.temperature);
+            l += self.cfg.ranking * r;
+            for (d, e) in d_out.data.iter_mut().zip(&d_r.data) {
+                *d += self.cfg.ranking * e;
+            }
+        }
         if l.is_finite() {
             let g = head.backward(&tape, &d_out);
             opt.step(&mut [head], &[&g]);
@@ -330,10 +337,21 @@ mod tests {
         };
         let head = Head::new(12, 10, 1, &mut Rng::new(1));
         let (before, _) = evaluate(&head, &va, &cfg);
-        let d = distill(&tr, &va, &cfg, |_| {}).unwrap();
-        let (after, r) = evaluate(&d.head, &va, &cfg);
-        assert!(after < before * 0.3, "val loss {before} -> {after}");
-        // chance R@1 among 40 sources is 0.025
-        assert!(r[0] > 0.5, "{r:?}");
+        // the cosine alone, and with the ranking term beside it (`distill --ranking`)
+        for ranking in [0.0, 0.5] {
+            let cfg = Config {
+                ranking,
+                temperature: 0.05,
+                ..cfg.clone()
+            };
+            let d = distill(&tr, &va, &cfg, |_| {}).unwrap();
+            let (after, r) = evaluate(&d.head, &va, &cfg);
+            assert!(
+                after < before * 0.3,
+                "ranking {ranking}: val loss {before} -> {after}"
+            );
+            // chance R@1 among 40 sources is 0.025
+            assert!(r[0] > 0.5, "ranking {ranking}: {r:?}");
+        }
     }
 }

@@ -75,6 +75,41 @@ pub fn cosine_distance(out: &Mat, target: &Mat) -> (f64, Mat) {
     (loss / n, normalize_backward(&u, &norms, &du))
 }
 
+/// Distillation's ranking term: each student row should pick out its own teacher row among
+/// the batch's, as a query picks its image. Soft targets like [`contrastive`]'s, from the
+/// teacher alone (constant): `y = softmax_rows(t·tᵀ/τ)`, `loss = CE(y, û·tᵀ/τ)`, so rows that
+/// share a source (a caption's translations) or near-synonyms share the target mass instead
+/// of being pushed apart. Why beside [`cosine_distance`]: the cosine pulls each row towards
+/// its target but says nothing about which way the remaining error points; search ranks, and
+/// an error towards another caption's target costs a rank where one elsewhere costs none.
+/// `target` rows are of unit length. Returns the loss and its gradient with respect to `out`.
+pub fn soft_ranking(out: &Mat, target: &Mat, tau: f64) -> (f64, Mat) {
+    assert_eq!((out.rows, out.cols), (target.rows, target.cols));
+    let b = out.rows as f64;
+    let (u, norms) = normalize(out);
+    let mut logits = u.matmul_t(target);
+    logits.data.iter_mut().for_each(|x| *x /= tau);
+    let mut y = target.matmul_t(target);
+    y.data.iter_mut().for_each(|x| *x /= tau);
+    let mut y = log_softmax(&y);
+    y.data.iter_mut().for_each(|x| *x = x.exp());
+    let logp = log_softmax(&logits);
+    let loss = -y
+        .data
+        .iter()
+        .zip(&logp.data)
+        .map(|(a, c)| a * c)
+        .sum::<f64>()
+        / b;
+    // rows of y sum to 1: d/dz of -Σ y log softmax(z) is softmax(z) - y
+    let mut d_logits = Mat::zeros(y.rows, y.cols);
+    for ((d, yv), l) in d_logits.data.iter_mut().zip(&y.data).zip(&logp.data) {
+        *d = (l.exp() - yv) / (b * tau);
+    }
+    let du = d_logits.matmul(target);
+    (loss, normalize_backward(&u, &norms, &du))
+}
+
 pub fn contrastive(text: &Mat, image: &Mat, tau: f64) -> LossGrad {
     assert_eq!((text.rows, text.cols), (image.rows, image.cols));
     let b = text.rows as f64;
@@ -226,6 +261,79 @@ mod tests {
         let mut scaled = target.clone();
         scaled.data.iter_mut().for_each(|v| *v *= 3.0);
         assert!(cosine_distance(&scaled, &target).0.abs() < 1e-12);
+    }
+
+    #[test]
+    fn soft_ranking_gradient_matches_finite_differences() {
+        let mut rng = Rng::new(11);
+        let out = random(5, 4, &mut rng);
+        let (target, _) = normalize(&random(5, 4, &mut rng));
+        let (_, grad) = soft_ranking(&out, &target, 0.2);
+        for k in 0..out.data.len() {
+            let eps = 1e-6;
+            let at = |delta: f64| {
+                let mut m = out.clone();
+                m.data[k] += delta;
+                soft_ranking(&m, &target, 0.2).0
+            };
+            let num = (at(eps) - at(-eps)) / (2.0 * eps);
+            assert!(
+                (num - grad.data[k]).abs() < 1e-7,
+                "entry {k}: {num} vs {}",
+                grad.data[k]
+            );
+        }
+    }
+
+    #[test]
+    fn soft_ranking_prefers_errors_away_from_other_targets() {
+        // two students equally far (in angle) from their own target: one leans towards the
+        // other row's target, one away from it; only the ranking term tells them apart
+        let s = std::f64::consts::FRAC_1_SQRT_2;
+        let target = Mat {
+            rows: 2,
+            cols: 3,
+            data: vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+        };
+        let towards = Mat {
+            rows: 2,
+            cols: 3,
+            data: vec![s, s, 0.0, 0.0, 1.0, 0.0],
+        };
+        let away = Mat {
+            rows: 2,
+            cols: 3,
+            data: vec![s, -s, 0.0, 0.0, 1.0, 0.0],
+        };
+        let sideways = Mat {
+            rows: 2,
+            cols: 3,
+            data: vec![s, 0.0, s, 0.0, 1.0, 0.0],
+        };
+        let cos = |m: &Mat| cosine_distance(m, &target).0;
+        assert!((cos(&towards) - cos(&away)).abs() < 1e-12);
+        assert!((cos(&towards) - cos(&sideways)).abs() < 1e-12);
+        let rank = |m: &Mat| soft_ranking(m, &target, 0.1).0;
+        assert!(
+            rank(&towards) > rank(&sideways),
+            "{} vs {}",
+            rank(&towards),
+            rank(&sideways)
+        );
+        assert!(
+            rank(&sideways) > rank(&away),
+            "{} vs {}",
+            rank(&sideways),
+            rank(&away)
+        );
+        // rows with the same target share its mass: a student on target is at the minimum
+        let twice = Mat {
+            rows: 2,
+            cols: 3,
+            data: vec![1.0, 0.0, 0.0, 1.0, 0.0, 0.0],
+        };
+        let (_, g) = soft_ranking(&twice, &twice, 0.1);
+        assert!(g.data.iter().all(|v| v.abs() < 1e-12), "{:?}", g.data);
     }
 
     #[test]

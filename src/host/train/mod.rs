@@ -57,6 +57,10 @@ pub struct Config {
     pub lr_patience: usize,
     pub lr_factor: f64,
     pub seed: u64,
+    /// `distill` only: weight of the ranking term ([`loss::soft_ranking`], at `temperature`)
+    /// beside the cosine distance (0: the cosine alone; absent from older heads.json)
+    #[serde(default)]
+    pub ranking: f64,
 }
 
 impl Default for Config {
@@ -77,6 +81,7 @@ impl Default for Config {
             lr_patience: 2,
             lr_factor: 0.2,
             seed: 1,
+            ranking: 0.0,
         }
     }
 }
