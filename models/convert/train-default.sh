@@ -119,6 +119,13 @@ $host distill --teacher $english --student models/build/bridge-e5-pruned-int8 --
   --out models/build/distill-e5-dicts-chars4096 --seed 1
 $host export --heads models/build/distill-e5-dicts-chars4096 --teacher $english \
   --bundle models/build/bridge-e5-pruned-int8 --int8 --out models/build/default-dicts
+# measured at stop 12, not the default: the default's head with a ranking term beside the cosine
+$host distill --teacher $english --student models/build/bridge-e5-pruned-int8 --blocks 2 \
+  --char-buckets 4096 --ranking 0.1 --ranking-temperature 0.05 --pairs $dictpairs \
+  --val $pairs/val_parallel.jsonl,$pairs/things_parallel_val.jsonl \
+  --out models/build/distill-rank0.1 --seed 1
+$host export --heads models/build/distill-rank0.1 --teacher $english \
+  --bundle models/build/bridge-e5-pruned-int8 --int8 --out models/build/default-rank
 # ablation: the new English tower, distilled from the stamp translations only
 $host distill --teacher $english --student models/build/bridge-e5-pruned-int8 --blocks 2 \
   --pairs $pairs/train_parallel.jsonl --val $pairs/val_parallel.jsonl \
