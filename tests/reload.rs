@@ -437,3 +437,106 @@ fn a_reload_over_the_same_backbone_keeps_the_regions() {
     let reply = ask(&s, r#"{"cmd":"search","text":"a banana","k":1}"#);
     assert!(reply.contains("banana.png"), "{reply}");
 }
+
+/// A package upgrade replaces the default bundle (a new text tower, the same image tower):
+/// the daemon used to refuse the index at start ("built with another model bundle … move the
+/// directory away"), so an operator lost every frame to an upgrade. Now a start over an
+/// index of another bundle over the same backbone re-projects it first, as `reload` does;
+/// another backbone is still refused, unchanged.
+#[test]
+fn a_start_with_an_upgraded_bundle_over_the_same_backbone_adopts_the_index() {
+    use moonlens::daemon::reload::adopt_at_start;
+    let d = tempdir("reload-adopt");
+    let dir = d.join("index");
+    let before: Vec<Vec<f32>> = {
+        let s = shared(&dir);
+        store(&s, 4);
+        (1..=6)
+            .map(|id| s.index().get(id).unwrap().dequantized())
+            .collect()
+    };
+    // another backbone: nothing adopted, and the open refuses as before
+    let other = Bundle::open(twin_named(&d, "other", Some(&"ab".repeat(32)))).unwrap();
+    let other_enc = Encoder::load(&other).unwrap();
+    assert!(adopt_at_start(&dir, &other, &other_enc).unwrap().is_none());
+    let twin = Bundle::open(twin(&d)).unwrap();
+    let enc = Encoder::load(&twin).unwrap();
+    let done = adopt_at_start(&dir, &twin, &enc).unwrap().expect("adopted");
+    assert_eq!(
+        (done.reprojected, done.from_thumbnails, done.left_out),
+        (4, 2, 0)
+    );
+    assert!(
+        adopt_at_start(&dir, &twin, &enc).unwrap().is_none(),
+        "already the bundle's"
+    );
+    let expect = |b: &Bundle, e: &Encoder| Expect {
+        dim: e.dim(),
+        bundle_id: b.id,
+        layout: *e.layout(),
+        regions: moonlens::index::RegionLayout::NONE,
+    };
+    let Err(e) = Index::open_or_create_with(&dir, 64, &expect(&other, &other_enc)) else {
+        panic!("an index of another backbone was opened");
+    };
+    assert_eq!(e.kind(), moonlens::ErrorKind::BundleMismatch, "{e}");
+    let idx = Index::open_or_create_with(&dir, 64, &expect(&twin, &enc)).unwrap();
+    assert_eq!(idx.len(), 6);
+    for id in 1..=6u64 {
+        let cos = cosine(
+            &before[id as usize - 1],
+            &idx.get(id).unwrap().dequantized(),
+        );
+        assert!(cos > if id <= 4 { 0.999 } else { 0.8 }, "entry {id}: {cos}");
+    }
+    drop(idx);
+
+    // and the daemon itself: started on the index with a third bundle, it serves it
+    let third = twin_named(&d, "third", None);
+    let frames = d.join("frames");
+    std::fs::create_dir_all(&frames).unwrap();
+    std::fs::copy(
+        root().join("models/samples/lemon.png"),
+        frames.join("lemon.png"),
+    )
+    .unwrap();
+    let sock = d.join("d.sock");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_moonlensd"))
+        .current_dir(root())
+        .arg("--bundle")
+        .arg(&third)
+        .arg("--source")
+        .arg(format!("dir:{}", frames.display()))
+        .args(["--no-console", "--index"])
+        .arg(&dir)
+        .arg("--socket")
+        .arg(&sock)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let st = loop {
+        if let Ok(st) = ask_json(&sock, &serde_json::json!({"cmd": "status"})) {
+            break st;
+        }
+        if let Ok(Some(code)) = child.try_wait() {
+            panic!("the daemon exited ({code}) instead of adopting the index");
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the daemon did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let hits = ask_json(
+        &sock,
+        &serde_json::json!({"cmd": "search", "text": "a banana", "k": 1}),
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(st["frames"].as_u64().unwrap() >= 6, "{st}");
+    assert_eq!(st["model"], Bundle::open(&third).unwrap().manifest.name);
+    let hits = hits.unwrap();
+    assert!(hits.to_string().contains("banana.png"), "{hits}");
+}

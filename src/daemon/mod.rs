@@ -573,6 +573,13 @@ pub fn start(cfg: &config::Config) -> crate::Result<(Arc<Shared>, std::thread::J
         bundle.manifest.name,
         encoder.load_time.as_millis()
     );
+    if let Some(done) = reload::adopt_at_start(&cfg.index(), &bundle, &encoder)? {
+        log::warn!(
+            "index adopted by {}: {}",
+            bundle.dir.display(),
+            reload::State::Done(done)
+        );
+    }
     let expect = crate::index::Expect {
         dim: encoder.dim(),
         bundle_id: bundle.id,
