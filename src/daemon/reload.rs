@@ -140,10 +140,7 @@ fn check(shared: &Shared, bundle: &Bundle, enc: &Encoder, from_thumbnails: bool)
     if from_thumbnails {
         return Ok(());
     }
-    if have.backbone_id != want.backbone_id
-        || have.features != want.features
-        || have.base != want.base
-    {
+    if !same_backbone(&have, want) {
         crate::bail!(
             "{} has another backbone ({}…, the index kept outputs of {}…): its head cannot read \
              them, so nothing can be re-projected. `reload <dir> from=thumbnails` re-encodes \
@@ -212,6 +209,12 @@ fn run(shared: &Shared, dir: &Path, from_thumbnails: bool) -> Result<Done> {
     })
 }
 
+/// Whether a head of the bundle with layout `want` reads the outputs an index of layout
+/// `have` kept.
+fn same_backbone(have: &crate::index::Layout, want: &crate::index::Layout) -> bool {
+    have.backbone_id == want.backbone_id && have.features == want.features && have.base == want.base
+}
+
 #[derive(Default)]
 struct Counts {
     reprojected: u64,
@@ -267,11 +270,8 @@ pub fn adopt_at_start(dir: &Path, bundle: &Bundle, enc: &Encoder) -> Result<Opti
         return Ok(None);
     }
     let index = crate::index::Index::open(dir)?;
-    let (have, want) = (index.layout(), enc.layout());
-    if have.backbone_id != want.backbone_id
-        || have.features != want.features
-        || have.base != want.base
-    {
+    let have = index.layout();
+    if !same_backbone(&have, enc.layout()) {
         return Ok(None);
     }
     log::warn!(
