@@ -81,6 +81,54 @@ fn store(s: &Shared, with_kept: usize) {
     }
 }
 
+/// `moonlensd` on the index `dir` (with `bundle`, else the config's default), replaying one
+/// sample frame from `d/frames`, answering on `d/d.sock`.
+fn start_daemon(d: &Path, dir: &Path, bundle: Option<&Path>) -> (std::process::Child, PathBuf) {
+    let frames = d.join("frames");
+    std::fs::create_dir_all(&frames).unwrap();
+    std::fs::copy(
+        root().join("models/samples/lemon.png"),
+        frames.join("lemon.png"),
+    )
+    .unwrap();
+    let sock = d.join("d.sock");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_moonlensd"));
+    cmd.current_dir(root());
+    if let Some(b) = bundle {
+        cmd.arg("--bundle").arg(b);
+    }
+    let child = cmd
+        .arg("--source")
+        .arg(format!("dir:{}", frames.display()))
+        .args(["--no-console", "--index"])
+        .arg(dir)
+        .arg("--socket")
+        .arg(&sock)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    (child, sock)
+}
+
+/// The daemon's first `status`, once it answers; fails if it exits or takes over a minute.
+fn status(child: &mut std::process::Child, sock: &Path) -> serde_json::Value {
+    let t0 = Instant::now();
+    loop {
+        if let Ok(st) = ask_json(sock, &serde_json::json!({"cmd": "status"})) {
+            return st;
+        }
+        if let Ok(Some(code)) = child.try_wait() {
+            panic!("the daemon exited ({code}) instead of serving the index");
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the daemon did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn ask(s: &Arc<Shared>, line: &str) -> String {
     s.answer(line.as_bytes()).0
 }
@@ -214,37 +262,8 @@ fn a_restart_after_the_commit_comes_back_in_the_new_space() {
         std::fs::canonicalize(picked).unwrap(),
         std::fs::canonicalize(&twin).unwrap()
     );
-    let frames = d.join("frames");
-    std::fs::create_dir_all(&frames).unwrap();
-    std::fs::copy(
-        root().join("models/samples/lemon.png"),
-        frames.join("lemon.png"),
-    )
-    .unwrap();
-    let sock = d.join("d.sock");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_moonlensd"))
-        .current_dir(root())
-        .arg("--source")
-        .arg(format!("dir:{}", frames.display()))
-        .args(["--no-console", "--index"])
-        .arg(&dir)
-        .arg("--socket")
-        .arg(&sock)
-        .env("RUST_LOG", "warn")
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    let st = loop {
-        if let Ok(st) = ask_json(&sock, &serde_json::json!({"cmd": "status"})) {
-            break st;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "the daemon did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let (mut child, sock) = start_daemon(&d, &dir, None);
+    let st = status(&mut child, &sock);
     let _ = child.kill();
     let _ = child.wait();
     assert!(
@@ -493,42 +512,8 @@ fn a_start_with_an_upgraded_bundle_over_the_same_backbone_adopts_the_index() {
 
     // and the daemon itself: started on the index with a third bundle, it serves it
     let third = twin_named(&d, "third", None);
-    let frames = d.join("frames");
-    std::fs::create_dir_all(&frames).unwrap();
-    std::fs::copy(
-        root().join("models/samples/lemon.png"),
-        frames.join("lemon.png"),
-    )
-    .unwrap();
-    let sock = d.join("d.sock");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_moonlensd"))
-        .current_dir(root())
-        .arg("--bundle")
-        .arg(&third)
-        .arg("--source")
-        .arg(format!("dir:{}", frames.display()))
-        .args(["--no-console", "--index"])
-        .arg(&dir)
-        .arg("--socket")
-        .arg(&sock)
-        .env("RUST_LOG", "warn")
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    let st = loop {
-        if let Ok(st) = ask_json(&sock, &serde_json::json!({"cmd": "status"})) {
-            break st;
-        }
-        if let Ok(Some(code)) = child.try_wait() {
-            panic!("the daemon exited ({code}) instead of adopting the index");
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "the daemon did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let (mut child, sock) = start_daemon(&d, &dir, Some(&third));
+    let st = status(&mut child, &sock);
     let hits = ask_json(
         &sock,
         &serde_json::json!({"cmd": "search", "text": "a banana", "k": 1}),
