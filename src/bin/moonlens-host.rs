@@ -116,12 +116,12 @@ fn run(cmd: Cmd) -> Result<()> {
             buckets,
             epochs,
         } => {
+            use moonlens::encoder::language::MAX_BUCKETS;
             use moonlens::host::route;
-            if !(0.0..1.0).contains(&max_misroute) || buckets == 0 || buckets > 1 << 24 {
+            if !(0.0..1.0).contains(&max_misroute) || buckets == 0 || buckets > MAX_BUCKETS {
                 moonlens::bail!(
                     "--max-misroute takes a share from 0 up to (not including) 1 and --buckets \
-                     1 to {} (got {max_misroute}, {buckets})",
-                    1 << 24
+                     1 to {MAX_BUCKETS} (got {max_misroute}, {buckets})"
                 );
             }
             let opt = route::Options {

@@ -31,7 +31,16 @@ pub fn is_cjk(c: char) -> bool {
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+    fnv1a_extend(FNV_BASIS, bytes)
+}
+
+/// FNV-1a's starting value; [`fnv1a_extend`] from it hashes a byte string.
+pub(crate) const FNV_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a over `bytes`, continuing from the hash `h` of what came before them (the router
+/// of [`super::language`] hashes a tag byte, then a gram).
+pub(crate) fn fnv1a_extend(h: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(h, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
 }

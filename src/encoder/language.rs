@@ -25,18 +25,17 @@ use std::path::Path;
 
 const MAGIC: &[u8; 8] = b"MLROUTE1";
 const HEADER: usize = 20;
-const MAX_BUCKETS: usize = 1 << 24;
+/// The most slots a router may have (64 MB of weights).
+pub const MAX_BUCKETS: usize = 1 << 24;
 
 /// The n-gram lengths read from each word (with `^` and `$` marking its ends), beside the
 /// whole word itself.
 const ORDERS: std::ops::RangeInclusive<usize> = 1..=4;
 
+/// FNV-1a of the tag byte (0: a whole word, n: an n-gram) followed by `bytes`.
 fn fnv1a(tag: u8, bytes: &[u8]) -> u64 {
-    std::iter::once(tag)
-        .chain(bytes.iter().copied())
-        .fold(0xcbf2_9ce4_8422_2325, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        })
+    use super::char_bag::{fnv1a_extend, FNV_BASIS};
+    fnv1a_extend(fnv1a_extend(FNV_BASIS, &[tag]), bytes)
 }
 
 /// The distinct feature slots of `text`, sorted: each word (a run of ASCII letters and
